@@ -261,7 +261,7 @@ class BoundSpec(_Section):
     c3: float = _f(1.0, "constant of the covariance term", "", 0.0, None, kind=float)
     c4: float = _f(1.0, "constant of the sparsification term", "", 0.0, None, kind=float)
     c5: float = _f(1.0, "constant of the rank term", "", 0.0, None, kind=float)
-    smoothness: float = _f(1.0, "smoothness constant L", "", 0.0, None, lo_open=True, kind=float)
+    smoothness: float = _f(10.0, "smoothness constant L", "", 0.0, None, lo_open=True, kind=float)
     grad_bound: float = _f(3.0, "gradient second-moment bound G", "", 0.0, None, lo_open=True,
                            kind=float)
     grad_noise: float = _f(1.0, "stochastic-gradient standard deviation sigma", "", 0.0, None,

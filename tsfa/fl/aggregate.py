@@ -4,7 +4,8 @@ Separate aggregation of the LoRA factors (SOFT, TLoRA, RLoRA, ILoRA), per rank i
     B_{:,i} <- B_{:,i} + sum_k p_k 1[i in I_k] M^B_{k,:,i},   A_{i,:} likewise,
 and per element for TLoRA / RLoRA. With ``normalise=True`` each entry is divided by the selected
 weight mass sum_k p_k 1[i in I_k] (entries nobody sent stay unchanged). Identity uploads give
-FedAvg of the factors. SLoRA aggregates products and re-factorises to rank r (``aggregate_products``).
+FedAvg of the factors. SLoRA aggregates products and re-factorises to rank r
+(``aggregate_products``).
 The head is averaged by ``fedavg``. Weights p_k = D_k / sum_j D_j are used as given.
 """
 

@@ -310,6 +310,7 @@ def make_compressor(name: str, error_feedback: bool = True) -> Compressor:
 
 
 __all__ = ["n_keep", "index_bits", "ModuleUpload", "Upload", "payload_bits", "head_bits",
-           "full_bits", "soft_importance", "soft_select", "random_indices", "decode", "element_indices",
-           "Compressor", "SOFT", "TLoRA", "RLoRA", "SLoRA", "ILoRA", "ErrorFeedback",
+           "full_bits", "soft_importance", "soft_select", "random_indices", "decode",
+           "element_indices", "Compressor", "SOFT", "TLoRA", "RLoRA", "SLoRA", "ILoRA",
+           "ErrorFeedback",
            "with_error_feedback", "make_compressor", "COMPRESSORS", "VALUE_BITS"]

@@ -40,9 +40,9 @@ class LoRALinear(nn.Module):
         self.r = r
         self.lora_alpha = float(lora_alpha)
         self.scaling = self.lora_alpha / r
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device))
+        kw = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **kw))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
         self.merged = False
 

@@ -46,7 +46,8 @@ class ViTConfig:
     mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "in_chans", "num_classes", "dim", "depth", "heads"):
+        ints = ("image_size", "patch_size", "in_chans", "num_classes", "dim", "depth", "heads")
+        for name in ints:
             v = getattr(self, name)
             _check(name, v, isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                    "an integer >= 1")

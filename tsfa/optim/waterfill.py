@@ -1,0 +1,174 @@
+"""Building blocks of the analytic P2 solvers (paper.md §4): rho-step and bandwidth water-filling.
+
+Scaling: bandwidth as shares ``s = w / W_tot``, ``g = gamma / W_tot``, times ``a / W_tot`` and
+``h / W_tot`` in seconds; then ``Rbar(s) = s log2(1 + g / s) = R(w) / W_tot`` and all quantities
+are O(1) whatever the bandwidth in Hz.
+
+Marginal value of bandwidth. With the SNR on the allocated band ``x = g / s`` and ``u = log x``,
+``L = log(1 + x)``, ``D = L - x / (1 + x)`` (so ``R' = D / ln 2``), the KKT marginal
+
+    m(s) = Q S R'(s) / R(s)^2 = Q S ln2 psi(x) / g^2,      psi(x) = x^2 D / L^2,
+
+with ``psi`` a universal increasing function; ``d log psi / d u`` lies in [1.8, 2], so Newton in
+``u`` on ``log m(u) = log lambda`` converges in a few steps (safeguarded by a bracket).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tsfa.wireless import rate_bps
+
+LN2 = math.log(2.0)
+_SERIES = np.array([(-1) ** n * (n - 1) / n for n in range(2, 16)])
+
+
+def _d_of_x(x: np.ndarray, log1p_x: np.ndarray) -> np.ndarray:
+    """``D(x) = log(1 + x) - x / (1 + x)``, by its series ``sum_n (-1)^n (n-1)/n x^n`` for x<1e-2."""
+    direct = log1p_x - x / (1.0 + x)
+    small = x < 1e-2
+    if np.any(small):
+        xs = x[small]
+        acc = np.zeros_like(xs)
+        for c in _SERIES[::-1]:  # Horner on x^2 (c2 + c3 x + ...)
+            acc = acc * xs + c
+        direct = direct.copy()
+        direct[small] = acc * xs * xs
+    return direct
+
+
+def log_psi(u: np.ndarray):
+    """``log psi(e^u)`` and its slope ``d log psi / d u`` (see module docstring), vectorised."""
+    x = np.exp(u)
+    lg = np.log1p(x)
+    d = _d_of_x(x, lg)
+    val = 2.0 * u + np.log(d) - 2.0 * np.log(lg)
+    slope = 2.0 + x * x / ((1.0 + x) ** 2 * d) - 2.0 * x / ((1.0 + x) * lg)
+    return val, slope
+
+
+def dlog_rate_du(u: np.ndarray) -> np.ndarray:
+    """``d log R / d u`` at fixed gamma, ``u = log(gamma / w)``: ``x / ((1 + x) L) - 1`` in (-1, 0)."""
+    x = np.exp(u)
+    return x / ((1.0 + x) * np.log1p(x)) - 1.0
+
+
+def rho_step(variant: str, pv, qa, rate, rho_min: float):
+    """Optimal rho for fixed bandwidth: ``argmin p v phi(rho) + Q a rho / R`` on [rho_min, 1].
+
+    ``pv = p_k v_k``, ``qa = Q_k a`` and ``rate = R_k`` in any consistent units (only ``qa/rate``
+    matters). Closed forms (paper.md §4):
+      inv:    ``rho = clip(sqrt(pv R / (Q a)), rho_min, 1)``;
+      inv_sq: stationarity ``c rho^3 + rho - 2 = 0`` with ``c = Q a / (p v R)`` (unique positive
+              root, Cardano then two Newton polishes), clipped;
+      linear: bang-bang on the sign of ``Q a / R - p v`` (ties -> 1).
+    ``Q = 0`` gives rho = 1; ``p v = 0 < Q`` gives rho_min.
+    Returns ``(rho, e)`` with ``e = d log rho / d log R`` (0 at a bound), shapes (K,).
+    """
+    pv, qa, rate = (np.asarray(z, dtype=float) for z in (pv, qa, rate))
+    zero_q = qa <= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if variant == "inv":
+            raw = np.sqrt(pv * rate / qa)
+            e_int = np.full_like(raw, 0.5)
+        elif variant == "inv_sq":
+            c = qa / (pv * rate)
+            p_, q_ = 1.0 / c, -2.0 / c
+            sq = np.sqrt(q_ * q_ / 4.0 + p_**3 / 27.0)
+            raw = np.cbrt(-q_ / 2.0 + sq) + np.cbrt(-q_ / 2.0 - sq)
+            raw = np.where(np.isfinite(c) & (c > 0), raw, np.where(c > 0, 0.0, np.inf))
+            for _ in range(2):
+                fin = np.isfinite(raw) & (raw > 0)
+                upd = raw - (c * raw**3 + raw - 2.0) / (3.0 * c * raw**2 + 1.0)
+                raw = np.where(fin, upd, raw)
+            e_int = c * raw**3 / (3.0 * c * raw**3 + raw)
+        elif variant == "linear":
+            raw = np.where(qa / rate > pv, 0.0, np.inf)
+            e_int = np.zeros_like(raw)
+        else:
+            raise ValueError(f"phi: unknown variant {variant!r}")
+    raw = np.where(zero_q, np.inf, np.nan_to_num(raw, nan=np.inf, posinf=np.inf))
+    rho = np.clip(raw, rho_min, 1.0)
+    interior = (raw > rho_min) & (raw < 1.0)
+    return rho, np.where(interior, e_int, 0.0)
+
+
+def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_iter: int = 200):
+    """Bandwidth shares solving ``m_k(s_k) = lambda`` or ``s_k = s_min``, ``sum_k s_k = 1``.
+
+    Problem (convex, separable, one coupling constraint; paper.md §4 w-step):
+        min_s sum_k G_k(s_k)  s.t.  sum_k s_k <= 1, s_k >= s_min,   -G_k' = m_k decreasing.
+    KKT: ``m_k(s_k) = lambda`` if ``s_k > s_min``, ``m_k(s_min) <= lambda`` otherwise.
+    Args:
+        logm: ``u -> (log m(u), d log m / du)`` on all K clients, ``u = log(g / s)``.
+        g: scaled gains gamma / W_tot, (K,). active: bool (K,) clients with ``Q > 0``.
+        u0: warm start for ``u``, (K,).
+    Returns:
+        ``(s, lam, u, iterations)``; ``lam`` is the multiplier in objective units per share.
+    """
+    k = g.size
+    log_g = np.log(g)
+    u_hi, u_lo = log_g - math.log(s_min), log_g.copy()
+    if not np.any(active):
+        s = np.full(k, 1.0 / k)
+        return s, 0.0, log_g - np.log(s), 0
+    lm_hi, _ = logm(u_hi)
+    lm_lo, _ = logm(u_lo)
+    l_lo, l_hi = float(np.min(lm_lo[active])), float(np.max(lm_hi[active]))
+    u = np.clip(u_lo + 0.5 * (u_hi - u_lo) if u0 is None else u0, u_lo, u_hi)
+    state = {"u": u}
+
+    def shares(ell):
+        u = state["u"]
+        at_min = ~active | (lm_hi <= ell)
+        at_one = active & (lm_lo >= ell)
+        free = ~(at_min | at_one)
+        lo, hi = u_lo.copy(), u_hi.copy()
+        u = np.where(free, np.clip(u, lo, hi), np.where(at_min, u_hi, u_lo))
+        sl = np.ones(k)
+        for _ in range(max_iter):
+            val, sl = logm(u)
+            f = np.where(free, val - ell, 0.0)
+            lo = np.where(f < 0, u, lo)
+            hi = np.where(f > 0, u, hi)
+            un = u - f / sl
+            bad = ~((un > lo) & (un < hi))
+            un = np.where(free & bad, 0.5 * (lo + hi), un)
+            done = np.max(np.abs(un - u)) < 1e-14
+            u = un
+            if done:
+                break
+        state["u"] = u
+        s = np.clip(np.exp(log_g - u), s_min, 1.0)
+        return s, free, sl
+
+    ell = l_lo
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007
+        s, free, sl = shares(ell)
+        tot = s.sum()
+        if abs(tot - 1.0) <= tol:
+            break
+        if tot > 1.0:
+            l_lo = max(l_lo, ell)
+        else:
+            l_hi = min(l_hi, ell)
+        dg = -np.sum(np.where(free, s / sl, 0.0)) / tot  # d log(sum s) / d ell
+        nxt = ell - math.log(tot) / dg if dg < 0 else 0.5 * (l_lo + l_hi)
+        if not (l_lo < nxt < l_hi):
+            nxt = 0.5 * (l_lo + l_hi)
+        if l_hi - l_lo < 1e-15 * max(1.0, abs(ell)):
+            break
+        ell = nxt
+    if np.any(free):  # absorb the last ~1e-13 of mismatch into the free shares
+        fixed = s[~free].sum()
+        s = np.where(free, s * (1.0 - fixed) / s[free].sum(), s)
+        s = np.maximum(s, s_min)
+    return s, math.exp(ell), state["u"], it
+
+
+def scaled_rate(s, g):
+    """``Rbar(s) = R(s W_tot, g W_tot) / W_tot`` via :func:`tsfa.wireless.rate_bps`."""
+    return rate_bps(s, g)

@@ -235,12 +235,13 @@ def _moved(spec: SystemSpec, key: str, how: str, amount: float):
 
 
 def rank_sensitivity(spec: SystemSpec, max_log_factor: float = math.log(1e3),
-                     max_shift_db: float = 60.0, tol: float = 1e-3) -> pd.DataFrame:
+                     max_shift_db: float = 60.0, tol: float = 1e-6) -> pd.DataFrame:
     """How far each parameter must move to change r* by one candidate (paper.md §3).
 
     For each parameter and direction, bisection finds the smallest move (a factor for scale
     parameters, dB for the transmit power) at which the enumerated r* changes; ``nan`` when
     r* does not change within 1000x (or 60 dB) or before the move leaves the allowed range.
+    ``tol`` is the bisection precision on the log factor (or in dB).
     The latency budgets are frozen at their realised values (a budget is the user's requirement,
     not a function of the parameter being moved).
     """
@@ -274,7 +275,7 @@ def rank_sensitivity(spec: SystemSpec, max_log_factor: float = math.log(1e3),
             if hi is None:
                 rows.append((key, "up" if direction > 0 else "down", np.nan, np.nan, r0, None))
                 continue
-            while hi - lo > tol * max(1.0, hi):
+            while hi - lo > tol:
                 mid = 0.5 * (lo + hi)
                 r_mid, _ = changed(mid)
                 if r_mid is not None and r_mid != r0:

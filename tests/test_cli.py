@@ -1,0 +1,75 @@
+"""The installed ``tsfa`` entry point, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tsfa.cli import app
+
+runner = CliRunner()
+
+
+def test_spec_then_bound_json_via_installed_entry_point(tmp_path):
+    """Acceptance (issue 2): `tsfa spec > s.toml && tsfa bound s.toml --json` works."""
+    exe = shutil.which("tsfa")
+    if exe is None:
+        pytest.fail("the `tsfa` console script is not installed (pip install -e .)")
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(subprocess.run([exe, "spec"], check=True, capture_output=True,
+                                        text=True).stdout)
+    out = subprocess.run([exe, "bound", str(spec_file), "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    report = json.loads(out)
+    terms = {t["term"]: t["value"] for t in report["terms"]}
+    assert set(terms) == {"init", "noise", "drift", "cov", "sparse", "rank"}
+    assert report["total"] == pytest.approx(sum(terms.values()))
+
+
+def test_bound_respects_rank_and_rho():
+    res = runner.invoke(app, ["bound", "--rank", "16", "--rho", "0.25", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["rank"] == 16
+    assert all(r == 0.25 for r in report["rho"])
+
+
+@pytest.mark.parametrize("args, key", [
+    (["bound", "--rank", "0"], "--rank"),
+    (["bound", "--rank", "8", "--rho", "0.01"], "--rho"),
+    (["bound", "missing.toml"], "missing.toml"),
+    (["rank", "missing.toml"], "missing.toml"),
+])
+def test_bad_arguments_exit_2_with_message(args, key):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert key in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_spec_value_names_key(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[wireless]\nbandwidth_total_hz = -5.0\n")
+    res = runner.invoke(app, ["rank", str(f)])
+    assert res.exit_code == 2
+    assert "wireless.bandwidth_total_hz" in res.output and "> 0" in res.output
+
+
+def test_rank_json_reports_optimum_and_sensitivity():
+    res = runner.invoke(app, ["rank", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["status"] == "optimal"
+    js = [row["J"] for row in report["table"]]
+    assert report["objective"] == pytest.approx(min(js))
+    assert report["sensitivity"]
+
+
+def test_module_invocation_prints_help():
+    out = subprocess.run([sys.executable, "-m", "tsfa", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "rank" in out.stdout

@@ -400,7 +400,7 @@ def _toml_value(v) -> str:
     if isinstance(v, float):
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
-        text = f"{v:.12g}"
+        text = repr(v)  # shortest string that round-trips exactly
         return text if any(c in text for c in ".en") else text + ".0"
 
     return str(v)

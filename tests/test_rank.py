@@ -53,11 +53,11 @@ def brute_force_rank(spec: SystemSpec) -> int:
 SPECS = {
     "default": SystemSpec(),
     "narrow": SystemSpec().replace(**{"wireless.bandwidth_total_hz": 1.0e6,
-                                      "control.latency_budget_s": [20.0]}),
+                                      "control.latency_budget_s": [42.0]}),
     "steep": SystemSpec().replace(**{"bound.spectrum_decay": 0.6, "bound.c3": 0.3}),
     "many_clients": SystemSpec().replace(**{"clients.num_clients": 40, "clients.seed": 3}),
     "rich_link": SystemSpec().replace(**{"wireless.tx_power_dbm": 40.0,
-                                         "control.latency_budget_s": [25.0], "bound.c3": 0.2}),
+                                         "control.latency_budget_s": [40.0], "bound.c3": 0.2}),
 }
 
 
@@ -123,8 +123,8 @@ def test_relaxation_rejects_non_dcp_phi():
 INFEASIBLE = {
     "budget_below_compute": ({"control.latency_budget_s": [5.0]}, "compute latency"),
     "tiny_bandwidth": ({"wireless.bandwidth_total_hz": 2e4, "wireless.bandwidth_min_hz": 100.0,
-                        "control.latency_budget_s": [40.0]}, "uplink slack"),
-    "weak_transmitter": ({"wireless.tx_power_dbm": -45.0, "control.latency_budget_s": [40.0]},
+                        "control.latency_budget_s": [60.0]}, "uplink slack"),
+    "weak_transmitter": ({"wireless.tx_power_dbm": -45.0, "control.latency_budget_s": [60.0]},
                          "uplink slack"),
     "huge_head": ({"lora.head_params": 50_000_000}, "uplink slack"),
     "slow_devices": ({"clients.device_flops_min": 1e10, "clients.device_flops_max": 2e10,

@@ -18,3 +18,12 @@ def streams(seed: int) -> dict[str, np.random.Generator]:
     children = np.random.SeedSequence(int(seed)).spawn(len(STREAMS))
     return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children,
                                                                        strict=True)}
+
+
+def substream(seed: int, name: str, *ids: int) -> np.random.Generator:
+    """A generator determined by (seed, stream name, ids...), e.g. ``("fading", round)`` or
+    ``("training", round, client)``. Stateless: a resumed run redraws exactly the same numbers.
+    """
+    if name not in STREAMS:
+        raise ValueError(f"stream {name!r}: must be one of {', '.join(STREAMS)}")
+    return np.random.default_rng([int(seed), STREAMS.index(name), *(int(i) for i in ids)])

@@ -198,9 +198,9 @@ class ComputeSpec(_Section):
     """Client computation model T^cmp = tau b C_s / f_k (paper.md §1)."""
 
     SECTION = "compute"
-    flops_per_sample: float = _f(5.28e10, "C_s: forward+backward FLOPs per sample (3 x 17.6 GFLOP, "
-                                 "ViT-B/16 at 224 px)", "FLOP", 0.0, 1e18, lo_open=True,
-                                 kind=float)
+    flops_per_sample: float = _f(1.05e11, "C_s: forward+backward FLOPs per sample (3 x 35 GFLOP "
+                                 "forward = 17.6 GMAC, ViT-B/16 at 224 px)", "FLOP", 0.0, 1e18,
+                                 lo_open=True, kind=float)
 
 
 @dataclass(frozen=True)

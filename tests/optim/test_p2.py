@@ -178,7 +178,8 @@ def test_multipliers_agree():
     p = make_instance(np.random.default_rng(11), 6, "inv")
     lam = [r.multipliers["bandwidth_per_hz"] for r in (solve_bcd(p), solve_joint(p),
                                                        CvxpyP2(6).solve(p))]
-    np.testing.assert_allclose(lam, lam[1], rtol=1e-4)
+    np.testing.assert_allclose(lam[0], lam[1], rtol=1e-8)  # BCD vs joint (both exact KKT)
+    np.testing.assert_allclose(lam[2], lam[1], rtol=1e-3)  # conic dual: solver accuracy
 
 
 @settings(max_examples=60, deadline=None)

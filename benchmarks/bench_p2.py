@@ -1,0 +1,55 @@
+"""Benchmark the P2 solvers (paper.md §4): analytic (BCD) vs joint vs CVXPY/CLARABEL.
+
+Run: ``python benchmarks/bench_p2.py``. Times are medians over repeats of one solve on a
+seeded instance (CVXPY: model built once, the re-solve is timed, as the controller does it).
+CVXPY is skipped above K = 1,000 (it takes seconds per solve there).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "optim"))
+from test_p2 import make_instance  # noqa: E402
+
+from tsfa.optim import CvxpyP2, solve_bcd, solve_joint  # noqa: E402
+
+
+def _median_ms(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def main(sizes=(10, 100, 1000, 10000), cvxpy_max_k=1000) -> pd.DataFrame:
+    rows = []
+    for k in sizes:
+        p = make_instance(np.random.default_rng(k), k, "inv")
+        reps = 20 if k <= 1000 else 5
+        row = {"K": k, "analytic_ms": _median_ms(lambda p=p: solve_bcd(p), reps),
+               "joint_ms": _median_ms(lambda p=p: solve_joint(p), reps)}
+        if k <= cvxpy_max_k:
+            model = CvxpyP2(k)
+            model.solve(p)  # first solve compiles the DPP mapping
+            row["cvxpy_ms"] = _median_ms(lambda m=model, p=p: m.solve(p), 5 if k < 1000 else 2)
+        else:
+            row["cvxpy_ms"] = np.nan
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df["cvxpy/analytic"] = df["cvxpy_ms"] / df["analytic_ms"]
+    df["cvxpy/joint"] = df["cvxpy_ms"] / df["joint_ms"]
+    return df
+
+
+if __name__ == "__main__":
+    print(platform.platform(), platform.processor(), f"python {platform.python_version()}")
+    print(main().to_string(index=False, float_format=lambda x: f"{x:.3g}"))

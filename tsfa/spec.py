@@ -37,6 +37,10 @@ def _f(default, doc: str, unit: str = "", lo=None, hi=None, *, lo_open=False, ch
 def _range_text(meta) -> str:
     if meta["choices"]:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if meta["kind"] is str:
+        return "any string"
+    if meta["kind"] is bool:
+        return "true or false"
     lo, hi = meta["lo"], meta["hi"]
     parts = []
     if lo is not None:

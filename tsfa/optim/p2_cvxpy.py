@@ -11,7 +11,8 @@ parameters in the exponent (``log(Q a_s)``) so the problem is DPP: built once, r
 round. A client with ``Q_k = 0`` has the known optimum ``rho_k = 1``, ``w_k = w_min`` (no latency
 cost, phi decreasing); the per-client bounds ``x_k >= x_min_k`` and ``s_k <= s_max_k`` (parameters)
 pin it there, and its latency coefficient is set to a harmless 1e-12. The whole objective is
-divided by its largest coefficient for conditioning; the reported objective is re-evaluated in numpy on the original P2.
+divided by its largest coefficient for conditioning; the reported objective is re-evaluated in
+numpy on the original P2.
 
 phi variants: ``inv`` gives ``pv (e^{-x} - 1)``; ``inv_sq`` gives ``pv (t^2 - t)`` with the
 epigraph ``t >= e^{-x}`` (exact because ``t^2 - t`` increases for t >= 1/2 and ``e^{-x} >= 1``);

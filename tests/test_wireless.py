@@ -58,11 +58,14 @@ def test_rate_concave_and_increasing():
     assert np.all(wl.rate_bps((w1 + w2) / 2, g) >= (r[:, :-1] + r[:, 1:]) / 2 * (1 - 1e-12))
 
 
-@pytest.mark.xfail(strict=True, reason="rate_derivative cancels to 0 for gamma/w < ~1e-16 "
-                   "(log1p(x) - x/(1+x) computed directly); see report")
-def test_rate_derivative_positive_at_tiny_snr():
-    x = 1e-17  # dR/dw = (x^2/2 - 2x^3/3 + ...) / ln 2 > 0
-    assert wl.rate_derivative(1.0, x) == pytest.approx(x * x / 2 / math.log(2), rel=1e-6, abs=0)
+@pytest.mark.parametrize("x", [1e-17, 1e-9, 1e-4, 9.99e-4, 1.001e-3])
+def test_rate_derivative_accurate_at_tiny_snr(x):
+    """dR/dw = (x^2/2 - 2x^3/3 + 3x^4/4 - ...) / ln 2 > 0 with x = gamma / w; mpmath reference."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    ref = (mpmath.log1p(mpmath.mpf(x)) - mpmath.mpf(x) / (1 + mpmath.mpf(x))) / mpmath.log(2)
+    assert wl.rate_derivative(1.0, x) == pytest.approx(float(ref), rel=1e-9, abs=0)
 
 
 # --------------------------------------------------------------------------- ergodic rate

@@ -117,7 +117,10 @@ def eps_from_spectrum(singular_values: ArrayLike, rank: ArrayLike) -> np.ndarray
     if not total > 0:
         raise ValueError("singular_values: need at least one positive value")
     tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = sum_{i>r} s_i^2
-    r = np.clip(np.asarray(rank, int), 0, len(s))
+    rank_arr = np.asarray(rank)
+    if not (np.all(np.mod(rank_arr, 1) == 0) and np.all(rank_arr >= 0)):
+        raise ValueError(f"rank = {rank!r}: must be integers >= 0")
+    r = np.clip(rank_arr.astype(int), 0, len(s))
     return np.clip(tail[r] / total, 0.0, 1.0)
 
 

@@ -82,7 +82,9 @@ def rate_derivative(bandwidth_hz: ArrayLike, gamma_hz: ArrayLike) -> np.ndarray:
     g = np.asarray(gamma_hz, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         x = g / w
-        d = (np.log1p(x) - x / (1.0 + x)) / LN2
+        # log1p(x) - x/(1+x) cancels for small x; use its series sum_{n>=2} (-1)^n (n-1) x^n / n
+        series = x * x * (0.5 - x * (2.0 / 3.0 - x * (0.75 - 0.8 * x)))
+        d = np.where(x < 1e-3, series, np.log1p(x) - x / (1.0 + x)) / LN2
     return np.where(w > 0, d, np.inf)
 
 

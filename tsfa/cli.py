@@ -170,3 +170,49 @@ def train_cmd(
     print_frame(result.rounds[cols].tail(5), f"Last rounds ({cfg.experiment.method}, "
                 f"{cfg.experiment.controller})")
     console.print(f"results in {out}")
+
+
+@app.command("control")
+def control_cmd(
+    spec: SpecArg = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds T of i.i.d. Rayleigh fading.")] = 200,
+    v: Annotated[float | None, typer.Option("--v", help="V (default: control.V).")] = None,
+    solver: Annotated[str, typer.Option(help="P2 solver: analytic, joint or cvxpy.")] = "joint",
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (default: the offline r*).")] = None,
+    json_out: JsonOpt = False,
+    out: Annotated[Path | None, typer.Option(help="Write CSV tables and a PNG here.")] = None,
+) -> None:
+    """Online stage: the Lyapunov controller over simulated fading (paper.md §4)."""
+    from .report import control_report, rounds_as_records
+
+    s = _load(spec)
+    if solver not in ("analytic", "joint", "cvxpy"):
+        _fail(f"--solver = {solver!r}: must be one of analytic, joint, cvxpy")
+    if v is not None and not (math.isfinite(v) and v >= 0):
+        _fail(f"--v = {v}: must be a finite number >= 0")
+    try:
+        rep = control_report(s, rounds, V=v, solver=solver, rank=rank)
+    except ValueError as exc:
+        _fail(str(exc))
+    if rep["status"] != "optimal":
+        _fail(f"offline stage {rep['status']}: {rep['message']}")
+    if out is not None:
+        from .plots import control_traces
+        from .results import prepare_dir, write_table
+
+        path = prepare_dir(out, s.to_toml(), s.clients.seed, rank=rep["rank"], V=rep["V"],
+                           solver=solver, rounds=rounds)
+        write_table(rep["rounds"], path / "rounds.csv")
+        write_table(rep["summary"], path / "summary.csv")
+        fig = control_traces(rep["rounds"], rep["budget_s"],
+                             f"TSFA controller, r = {rep['rank']}, V = {rep['V']:g}")
+        fig.savefig(path / "control_traces.png", dpi=200)
+    if json_out:
+        print_json({k: v2 for k, v2 in rep.items() if k != "rounds"}
+                   | {"rounds": rounds_as_records(rep["rounds"])})
+        return
+    print_frame(rep["summary"], f"Controller over {rounds} rounds: r = {rep['rank']}, "
+                f"V = {rep['V']:g}, solver {solver}")
+    console.print(f"average penalty: {rep['average_penalty']:.6g}")
+    if out is not None:
+        console.print(f"tables and control_traces.png in {out}")

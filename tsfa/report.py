@@ -61,3 +61,43 @@ def rank_report(spec: SystemSpec, sensitivity: bool = True) -> dict:
     if res.ok and sensitivity:
         out["sensitivity"] = rank_sensitivity(spec)
     return out
+
+
+def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver: str = "joint",
+                   rank: int | None = None, policy: str = "tsfa", rho: float = 1.0) -> dict:
+    """Simulate the online stage for ``rounds`` rounds of i.i.d. Rayleigh fading (paper.md §4).
+
+    The fading stream is seeded by ``clients.seed``; the rank defaults to the offline r*.
+    Returns the per-round table (inputs: gains and queues before the round; decisions: rho,
+    bandwidth, objective), the per-client summary, the average penalty and the policy used.
+    """
+    from .control import simulate
+    from .policy import make_policy
+    from .rng import substream
+
+    inst = realize(spec)
+    if rank is None:
+        res = optimal_rank(spec, inst)
+        if not res.ok:
+            return {"status": res.status, "message": res.message}
+        rank = res.solution["rank"]
+    pol = make_policy(spec, inst, rank, policy, solver, rho, V)
+    sim = simulate(pol, inst.mean_gamma_hz, rounds, substream(spec.clients.seed, "fading"))
+    return {"status": "optimal", "message": "", "rank": int(rank), "V": pol.V, "solver": solver,
+            "policy": policy, "budget_s": inst.budget_s, "rounds": sim.rounds,
+            "summary": sim.summary, "average_penalty": sim.average_penalty}
+
+
+def rounds_as_records(rounds) -> list[dict]:
+    """Per-round JSON records: inputs (gamma_hz, queue_before_s) and decisions, per client list."""
+    out = []
+    for t, g in rounds.groupby("round", sort=True):
+        rec = {"round": int(t)}
+        for col in ("gamma_hz", "queue_before_s", "rho", "bandwidth_hz", "latency_s", "queue_s"):
+            if col in g:
+                rec[col] = g[col].to_numpy()
+        for col in ("objective", "status"):
+            if col in g:
+                rec[col] = g[col].iloc[0]
+        out.append(rec)
+    return out

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 from tsfa import wireless as wl
 from tsfa.fl import metrics as mx
 from tsfa.fl.aggregate import aggregate, fedavg
-from tsfa.fl.compress import head_bits, make_compressor, payload_bits
+from tsfa.fl.compress import Upload, head_bits, make_compressor, payload_bits
 from tsfa.fl.experiment import RunConfig
 from tsfa.fl.lora import (
     apply_lora,
@@ -89,6 +90,49 @@ def local_train(model: ViT, x: torch.Tensor, y: torch.Tensor, steps: int, batch:
     return loss_val
 
 
+@dataclass(frozen=True, eq=False)
+class RoundPlan:
+    """The server's per-round decision: fading power gains ``gains`` (K,) [Hz, gamma_k], ratios
+    ``rho`` (K,) in [1/r, 1], ``bandwidth_hz`` (K,) and the solver status."""
+
+    gains: np.ndarray
+    rho: np.ndarray
+    bandwidth_hz: np.ndarray
+    status: str
+
+
+@dataclass(frozen=True, eq=False)
+class ClientUpdate:
+    """What one client returns after a round: its ``upload`` (what goes on the air), its trained
+    ``head`` state, its new error-feedback ``memory`` (kept on the client), ``bits`` on the air
+    (LoRA payload + head) and the last task loss."""
+
+    upload: Upload
+    head: dict[str, torch.Tensor]
+    memory: Any
+    bits: float
+    train_loss: float
+
+
+def client_update(model: ViT, params, head, x: torch.Tensor, y: torch.Tensor, memory,
+                  compressor, rho: float, steps: int, batch: int, lr: float, optimizer: str,
+                  zeta: float, seed: int, t: int, k: int) -> ClientUpdate:
+    """Client k in round t (paper.md §5): load the global factors and head, train locally,
+    compress dB, dA with error feedback, count the bits. Randomness comes from the stateless
+    substreams ("sampling", t, k) and ("compression", t, k), so any process that runs this for
+    (t, k) draws exactly the same numbers (the in-process and the Flower engine agree)."""
+    set_factors(model, params)
+    set_head_state(model, head)
+    loss = local_train(model, x, y, steps, batch, lr, optimizer, zeta,
+                       substream(seed, "sampling", t, k))
+    local = get_factors(model)
+    deltas = [(b1 - b0, a1 - a0) for (b1, a1), (b0, a0) in zip(local, params, strict=True)]
+    upload, mem = compressor.update(deltas, memory, params, float(rho),
+                                    substream(seed, "compression", t, k))
+    h = get_head_state(model)
+    return ClientUpdate(upload, h, mem, float(payload_bits(upload) + head_bits(h)), loss)
+
+
 @torch.no_grad()
 def evaluate(model: ViT, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
     """Test accuracy and mean cross-entropy of the global model."""
@@ -132,58 +176,70 @@ class Trainer:
                 "memories": [self.compressor.init(params) for _ in self.task.parts],
                 "queues": np.zeros(len(self.task.parts)), "rounds": [], "clients": []}
 
-    def round(self, t: int, state: dict) -> dict:
-        """Round t: decide, train every client, compress, aggregate, update queues, log."""
-        exp, tr = self.cfg.experiment, self.system.training
-        t0 = time.perf_counter()
-        params, head = state["factors"], state["head"]
+    def decide(self, t: int, queues: np.ndarray) -> RoundPlan:
+        """Server, start of round t: fading draw and the policy's (rho, bandwidth) per client."""
+        exp = self.cfg.experiment
         gains = self.inst.mean_gamma_hz * wl.draw_rayleigh_power(substream(exp.seed, "fading", t),
                                                                  len(self.weights))
-        decision = self.policy.decide(state["queues"], gains)
+        decision = self.policy.decide(queues, gains)
         rho = np.clip(np.nan_to_num(decision.rho, nan=1.0), 1.0 / exp.rank, 1.0)
-        uploads, heads, memories, bits, losses = [], [], [], [], []
-        for k, (x, y) in enumerate(self.client_data):
-            set_factors(self.model, params)
-            set_head_state(self.model, head)
-            losses.append(local_train(self.model, x, y, tr.local_steps, tr.batch_size,
-                                      tr.learning_rate, exp.optimizer, self.zeta,
-                                      substream(exp.seed, "sampling", t, k)))
-            local = get_factors(self.model)
-            deltas = [(b1 - b0, a1 - a0) for (b1, a1), (b0, a0) in zip(local, params, strict=True)]
-            upload, mem = self.compressor.update(deltas, state["memories"][k], params, float(rho[k]),
-                                                 substream(exp.seed, "compression", t, k))
-            uploads.append(upload)
-            memories.append(mem)
-            h = get_head_state(self.model)
-            heads.append(h)
-            bits.append(payload_bits(upload) + head_bits(h))
-        bits = np.asarray(bits, dtype=float)
-        latency = self.inst.compute_s + bits / wl.rate_bps(decision.bandwidth_hz, gains)
-        queues = self.policy.update_queues(state["queues"], latency)
+        return RoundPlan(gains, rho, np.asarray(decision.bandwidth_hz, dtype=float),
+                         decision.status)
+
+    def client_update(self, t: int, k: int, params, head, memory, rho: float) -> ClientUpdate:
+        """Client k's work in round t (see :func:`client_update`) on this trainer's model."""
+        exp, tr = self.cfg.experiment, self.system.training
+        x, y = self.client_data[k]
+        return client_update(self.model, params, head, x, y, memory, self.compressor, rho,
+                             tr.local_steps, tr.batch_size, tr.learning_rate, exp.optimizer,
+                             self.zeta, exp.seed, t, k)
+
+    def finish_round(self, t: int, params, queues: np.ndarray, plan: RoundPlan,
+                     updates: list[ClientUpdate], t0: float) -> tuple:
+        """Server, end of round t: latency from the real payloads, queues, separate aggregation,
+        FedAvg head, evaluation. ``updates`` in client order. Returns (factors, head, queues,
+        round row, client rows)."""
+        rho = plan.rho
+        bits = np.asarray([u.bits for u in updates], dtype=float)
+        uploads = [u.upload for u in updates]
+        latency = self.inst.compute_s + bits / wl.rate_bps(plan.bandwidth_hz, plan.gains)
+        queues = self.policy.update_queues(queues, latency)
         covs, _ = mx.uploaded_covariance(params, uploads, self.weights)
         new_params = aggregate(params, uploads, self.weights,
                                normalise=self.system.soft.aggregation == "normalised")
-        new_head = fedavg(heads, self.weights)
+        new_head = fedavg([u.head for u in updates], self.weights)
         set_factors(self.model, new_params)
         set_head_state(self.model, new_head)
         acc, loss = evaluate(self.model, *self.test)
-        row = {"round": t, "accuracy": acc, "test_loss": loss, "train_loss": float(np.mean(losses)),
+        row = {"round": t, "accuracy": acc, "test_loss": loss,
+               "train_loss": float(np.mean([u.train_loss for u in updates])),
                "cov_fro": mx.covariance_norm(covs),
                "orth_defect": mx.total_orthogonality_defect(new_params),
                "kendall_tau": mx.mean_importance_agreement(new_params),
                "mean_rho": float(rho @ self.weights), "total_bits": float(bits.sum()),
                "mean_latency_s": float(latency.mean()), "max_latency_s": float(latency.max()),
-               "mean_queue_s": float(queues.mean()), "decision_status": decision.status,
+               "mean_queue_s": float(queues.mean()), "decision_status": plan.status,
                "wall_s": time.perf_counter() - t0}
         clients = [{"round": t, "client": k, "rho": float(rho[k]),
-                    "bandwidth_hz": float(decision.bandwidth_hz[k]), "gamma_hz": float(gains[k]),
+                    "bandwidth_hz": float(plan.bandwidth_hz[k]), "gamma_hz": float(plan.gains[k]),
                     "bits": float(bits[k]), "latency_s": float(latency[k]),
                     "compute_s": float(self.inst.compute_s[k]),
                     "budget_s": float(self.inst.budget_s[k]), "queue_s": float(queues[k])}
                    for k in range(len(self.weights))]
-        return {"round": t + 1, "factors": new_params, "head": new_head, "memories": memories,
-                "queues": queues, "rounds": state["rounds"] + [row],
-                "clients": state["clients"] + clients}
+        return new_params, new_head, queues, row, clients
+
+    def round(self, t: int, state: dict) -> dict:
+        """Round t: decide, train every client, compress, aggregate, update queues, log."""
+        t0 = time.perf_counter()
+        params, head = state["factors"], state["head"]
+        plan = self.decide(t, state["queues"])
+        updates = [self.client_update(t, k, params, head, state["memories"][k], float(plan.rho[k]))
+                   for k in range(len(self.client_data))]
+        new_params, new_head, queues, row, clients = self.finish_round(
+            t, params, state["queues"], plan, updates, t0)
+        return {"round": t + 1, "factors": new_params, "head": new_head,
+                "memories": [u.memory for u in updates], "queues": queues,
+                "rounds": state["rounds"] + [row], "clients": state["clients"] + clients}
 
     def run(self, out: str | Path | None = None, resume: bool = False, progress: bool = False,
             stop_after: int | None = None) -> RunResult:
@@ -199,11 +255,7 @@ class Trainer:
             if resume and ckpt.exists():
                 state = load_checkpoint(ckpt)
             else:
-                prepare_dir(out_path, self.cfg.to_toml(), self.cfg.experiment.seed,
-                            resolved_system=self.system.to_dict(), task_note=self.task.note)
-                write_table(class_histograms(self.task.train.labels, self.task.parts,
-                                             self.task.train.num_classes).reset_index(),
-                            out_path / "partition.csv")
+                self.prepare_output(out_path)
         total = self.system.training.rounds if stop_after is None else min(
             stop_after, self.system.training.rounds)
         bar = _progress(progress, total, state["round"])
@@ -212,11 +264,22 @@ class Trainer:
             if out_path is not None:
                 save_checkpoint(out_path / "checkpoint.pt", state)
             bar(state)
-        result = RunResult(pd.DataFrame(state["rounds"]), pd.DataFrame(state["clients"]),
-                           self.system, out_path)
-        if out_path is not None:
-            write_table(result.rounds, out_path / "rounds.csv")
-            write_table(result.clients, out_path / "clients.csv")
+        return self.result(state["rounds"], state["clients"], out_path)
+
+    def prepare_output(self, out: Path) -> None:
+        """Start a result folder: config, metadata and the partition's class histograms."""
+        prepare_dir(out, self.cfg.to_toml(), self.cfg.experiment.seed,
+                    resolved_system=self.system.to_dict(), task_note=self.task.note)
+        write_table(class_histograms(self.task.train.labels, self.task.parts,
+                                     self.task.train.num_classes).reset_index(),
+                    out / "partition.csv")
+
+    def result(self, rounds: list[dict], clients: list[dict], out: Path | None) -> RunResult:
+        """The run's tables (written to ``out/rounds.csv`` and ``out/clients.csv`` if given)."""
+        result = RunResult(pd.DataFrame(rounds), pd.DataFrame(clients), self.system, out)
+        if out is not None:
+            write_table(result.rounds, out / "rounds.csv")
+            write_table(result.clients, out / "clients.csv")
         return result
 
 
@@ -255,4 +318,5 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
     return Trainer(cfg).run(out, resume=resume, progress=progress, stop_after=stop_after)
 
 
-__all__ = ["RunResult", "Trainer", "train", "evaluate", "local_train", "resolve_system"]
+__all__ = ["RunResult", "RoundPlan", "ClientUpdate", "Trainer", "train", "evaluate",
+           "local_train", "client_update", "resolve_system", "save_checkpoint", "load_checkpoint"]

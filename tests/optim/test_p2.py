@@ -42,30 +42,30 @@ def _instances(n=200, seed=2026):
 def test_joint_matches_cvxpy_on_200_instances():
     """Joint (global, reduced convex) vs CVXPY/CLARABEL, both scored by P2Problem.objective.
 
-    Where CLARABEL reports "optimal" they must agree to 1e-6 (measured: < 1e-8). Where it reports
-    "optimal_inaccurate" (instances spanning ~8 decades of SNR; tighter or looser tolerances and
-    regularisation settings did not help) CVXPY's accuracy is the limit: we require only that the
-    joint solution is never worse than CVXPY's by more than 1e-6 and within 1e-3 of it.
+    At least 195/200 CLARABEL solves must be "optimal" and every one of those must agree with the
+    joint solver to 1e-6 relative objective (measured: 198/200 optimal, max gap 2e-7). The
+    remaining instances are deep low-SNR ones (g/s < 1e-4, see tsfa/optim/p2_cvxpy.py); even there
+    the joint solution is never worse than CVXPY's.
     """
     models: dict = {}
-    strict, loose = [], []
+    gaps, other = [], []
     for i, p in enumerate(_instances()):
         key = (p.n_clients, p.phi)
-        models.setdefault(key, CvxpyP2(*key))
+        models.setdefault(key, CvxpyP2(*key))  # DPP: built once per shape, re-solved
         ref = models[key].solve(p)
         joint = solve_joint(p)
         assert joint.status == "optimal"
-        if not ref.ok:
+        if ref.status != "optimal":
+            other.append((i, ref.status))
+            if ref.ok:
+                assert ref.objective >= joint.objective * (1 - 1e-6), i
             continue
         rel = (ref.objective - joint.objective) / max(abs(joint.objective), 1e-300)
         assert rel >= -1e-6, (i, rel)  # the global optimum is never beaten
-        (strict if ref.status == "optimal" else loose).append(abs(rel))
-    assert len(strict) >= 100, len(strict)
-    assert max(strict) <= 1e-6, max(strict)
-    assert max(loose, default=0.0) <= 1e-3
-    assert len(strict) + len(loose) >= 195
-    print(f"cvxpy optimal: {len(strict)} (max rel gap {max(strict):.1e}); "
-          f"optimal_inaccurate: {len(loose)} (max {max(loose, default=0):.1e})")
+        assert abs(rel) <= 1e-6, (i, rel)
+        gaps.append(abs(rel))
+    assert len(gaps) >= 195, other
+    print(f"cvxpy optimal: {len(gaps)}/200 (max rel gap {max(gaps):.1e}); others: {other}")
 
 
 @pytest.mark.parametrize("phi", ["inv", "inv_sq", "linear"])

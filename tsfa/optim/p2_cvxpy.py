@@ -148,7 +148,7 @@ class CvxpyP2:
         self.x_min.value = np.full(k, math.log(p.rho_min))
         attempts = _CLARABEL_ATTEMPTS if self.solver == "CLARABEL" and not solver_opts else [{}]
         err = ""
-        for n_try, base in enumerate(attempts, start=1):
+        for base in attempts:
             opts = {**base, **solver_opts}
             try:
                 with warnings.catch_warnings():  # "may be inaccurate": the status says so

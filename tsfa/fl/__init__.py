@@ -1,50 +1,39 @@
-"""Torch side of tsfa: ViT, LoRA, data, compressors and aggregation (paper.md §1, §5, §6, §7).
+"""The torch side of tsfa: ViT with LoRA, data, compressors (SOFT and baselines), aggregation
+and the federated loop (paper.md §1, §5, §6, §7).
 
-The federated loop (``tsfa.fl.loop``) builds on these pieces; pure maths lives outside ``fl``.
+Nothing is imported eagerly, so importing a torch-free submodule (e.g. ``tsfa.fl.experiment``)
+does not pull in torch. The curated public API below is resolved lazily (PEP 562):
+``from tsfa.fl import make_compressor`` imports ``tsfa.fl.compress`` on first use.
 """
 
-from tsfa.fl.aggregate import aggregate, aggregate_factors, aggregate_products, fedavg, uploaded_deltas
-from tsfa.fl.compress import (
-    COMPRESSORS,
-    SOFT,
-    ErrorFeedback,
-    ILoRA,
-    RLoRA,
-    SLoRA,
-    TLoRA,
-    Upload,
-    decode,
-    full_bits,
-    head_bits,
-    make_compressor,
-    n_keep,
-    payload_bits,
-    soft_importance,
-    with_error_feedback,
-)
-from tsfa.fl.data import ArrayDataset, load_cifar100, load_fashion_mnist, select_classes
-from tsfa.fl.lora import (
-    LoRALinear,
-    apply_lora,
-    get_factors,
-    get_head_state,
-    orthogonality_defect,
-    set_factors,
-    set_head_state,
-    soft_regulariser,
-)
-from tsfa.fl.partition import class_histograms, client_weights, dirichlet_partition
-from tsfa.fl.synthetic import SyntheticConfig, SyntheticTask, make_synthetic_task, pretrain_backbone
-from tsfa.fl.vit import ViT, ViTConfig, flops_per_sample, load_pretrained
+from __future__ import annotations
 
-__all__ = [
-    "COMPRESSORS", "SOFT", "ErrorFeedback", "ILoRA", "RLoRA", "SLoRA", "TLoRA", "Upload",
-    "decode", "full_bits", "head_bits", "make_compressor", "n_keep", "payload_bits",
-    "soft_importance", "with_error_feedback", "aggregate", "aggregate_factors",
-    "aggregate_products", "fedavg", "uploaded_deltas", "ArrayDataset", "load_cifar100",
-    "load_fashion_mnist", "select_classes", "LoRALinear", "apply_lora", "get_factors",
-    "get_head_state", "orthogonality_defect", "set_factors", "set_head_state", "soft_regulariser",
-    "class_histograms", "client_weights", "dirichlet_partition", "SyntheticConfig",
-    "SyntheticTask", "make_synthetic_task", "pretrain_backbone", "ViT", "ViTConfig",
-    "flops_per_sample", "load_pretrained",
-]
+import importlib
+
+_API = {
+    "aggregate": ("aggregate", "aggregate_factors", "aggregate_products", "fedavg",
+                  "refactorise", "uploaded_deltas"),
+    "compress": ("COMPRESSORS", "SOFT", "TLoRA", "RLoRA", "SLoRA", "ILoRA", "ErrorFeedback",
+                 "ModuleUpload", "Upload", "decode", "full_bits", "head_bits", "make_compressor",
+                 "n_keep", "payload_bits", "soft_importance", "soft_select",
+                 "with_error_feedback"),
+    "data": ("ArrayDataset", "load_cifar100", "load_fashion_mnist", "read_idx", "select_classes"),
+    "lora": ("LoRALinear", "apply_lora", "get_factors", "set_factors", "get_head_state",
+             "set_head_state", "lora_modules", "orthogonality_defect", "soft_regulariser"),
+    "partition": ("class_histograms", "client_weights", "dirichlet_partition"),
+    "synthetic": ("SyntheticConfig", "SyntheticTask", "make_synthetic_task", "pretrain_backbone",
+                  "rank_floor"),
+    "vit": ("ViT", "ViTConfig", "flops_per_sample", "load_pretrained", "hf_to_tsfa_key"),
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"tsfa.fl.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'tsfa.fl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

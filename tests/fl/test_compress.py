@@ -52,6 +52,25 @@ def test_soft_importance_is_singular_values_for_orthogonal_factors(r, d_out, d_i
     torch.testing.assert_close(err, (s[n:] ** 2).sum(), rtol=1e-9, atol=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 2**31 - 1), st.floats(0.0, 1.0))
+def test_soft_truncation_error_within_half_defect(r, seed, mix):
+    """paper.md §5: ||BA - B_I A_I||_F^2 = sum_{i not in I} s_i^2 + cross terms, and the cross
+    terms are bounded by R(B, A) / 2, for any (not necessarily orthogonal) factors."""
+    from tsfa.fl.lora import orthogonality_defect
+
+    gen = torch.Generator().manual_seed(seed)
+    B, A = orthogonal_factors(10, 12, r, gen)
+    B = B + mix * torch.randn(B.shape, generator=gen, dtype=torch.float64) * B.norm() / 10
+    A = A + mix * torch.randn(A.shape, generator=gen, dtype=torch.float64) * A.norm() / 10
+    n = r // 2
+    idx = soft_select(B, A, n)
+    unsent = torch.tensor([i for i in range(r) if i not in set(idx.tolist())])
+    err = torch.linalg.matrix_norm(B @ A - B[:, idx] @ A[idx, :]) ** 2
+    diag = (soft_importance(B, A)[unsent] ** 2).sum()
+    assert abs(err - diag) <= orthogonality_defect(B, A) / 2 + 1e-12
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.floats(1e-6, 1.0), st.integers(1, 64))
 def test_n_keep_bounds(rho, r):

@@ -23,6 +23,13 @@ the blocks are strongly coupled). For ``linear`` P2 is not convex and BCD gives 
   P2 reduces to min sum_k G_k(w_k) s.t. sum w <= W_tot, w >= w_min, a separable convex problem
   whose KKT conditions (sufficient) are solved exactly by the same water-filling, with the
   marginal m_k(w) = Q (a rho*(w) + h) R'/R^2 (the rho-step folded into the inner Newton).
+
+Hot path (both solvers): :func:`tsfa.optim.waterfill.joint_newton`, one Newton iteration on all
+``(u_k, log lambda)`` at once (closed-form multiplier from the linearised budget, exact budget
+rescaling, active set at ``w_min`` re-read each step) on the clients with ``Q_k > 0`` only: 3-4
+vectorised evaluations per solve instead of nested outer/inner loops. BCD uses it for its w-step
+(rho fixed, warm-started from the previous sweep). If it fails (non-finite value or 40
+iterations) the bracketed nested :func:`tsfa.optim.waterfill.waterfill` is used instead.
 """
 
 from __future__ import annotations
@@ -34,7 +41,15 @@ import numpy as np
 
 from tsfa.optim.problem import P2Problem
 from tsfa.optim.result import INFEASIBLE, OPTIMAL, USER_LIMIT, SolveResult
-from tsfa.optim.waterfill import LN2, dlog_rate_du, log_psi, rho_step, scaled_rate, waterfill
+from tsfa.optim.waterfill import (
+    LN2,
+    dlog_rate_du,
+    joint_newton,
+    log_psi,
+    rho_step,
+    scaled_rate,
+    waterfill,
+)
 
 
 class _Scaled:
@@ -48,9 +63,15 @@ class _Scaled:
         self.pv = p.weights * p.penalty_weights
         self.q = p.queues
         self.active = self.q > 0
-        self.log_g2 = 2.0 * np.log(self.g)
+
+    @property
+    def log_g2(self):
+        return 2.0 * np.log(self.g)
+
+    @property
+    def log_q(self):
         with np.errstate(divide="ignore"):
-            self.log_q = np.log(self.q)
+            return np.log(self.q)
 
     def rate(self, s):
         return scaled_rate(s, self.g)
@@ -93,6 +114,11 @@ def solve_bcd(p: P2Problem, *, max_iter: int = 500, tol: float = 1e-11,
     if _all_at_min(p):
         s = np.full(k, sc.s_min)
     qa = sc.q * sc.a_s
+    act = sc.active
+    n_act = int(np.count_nonzero(act))
+    all_act = n_act == k
+    sel = (lambda z: z) if all_act else (lambda z: z[act])  # noqa: E731
+    budget = 1.0 - (k - n_act) * sc.s_min
     u, lam, obj = None, 0.0, math.inf
     rho = np.ones(k)
     status, it = USER_LIMIT, 0
@@ -102,14 +128,27 @@ def solve_bcd(p: P2Problem, *, max_iter: int = 500, tol: float = 1e-11,
             rho, status = rho_new, OPTIMAL
             lam = float(np.max(_marginal(sc, rho, s), initial=0.0))
             break
-        c = np.where(sc.active, np.log(np.where(sc.active, sc.q * (sc.a_s * rho_new + sc.h_s), 1.0)
-                                       * LN2) - sc.log_g2, -np.inf)
+        out = None
+        if n_act:  # w-step: KKT water-filling at fixed rho, Newton warm-started from the last u
+            out = joint_newton(sel(sc.g), sel(sc.q), sel(sc.pv), sc.a_s, sc.h_s, sc.s_min, budget,
+                               p.rho_min, p.phi, u0=u, rho_fixed=sel(rho_new))
+        if out is not None:
+            s_act, ell, _, _, u = out
+            lam = math.exp(ell)
+            if all_act:
+                s_new = np.maximum(s_act, sc.s_min)
+            else:
+                s_new = np.full(k, sc.s_min)
+                s_new[act] = np.maximum(s_act, sc.s_min)
+        else:
+            c = np.where(sc.active, np.log(np.where(sc.active, sc.q * (sc.a_s * rho_new + sc.h_s),
+                                                    1.0) * LN2) - sc.log_g2, -np.inf)
 
-        def logm(uu, c=c):
-            val, sl = log_psi(uu)
-            return c + val, sl
+            def logm(uu, c=c):
+                val, sl = log_psi(uu)
+                return c + val, sl
 
-        s_new, lam, u, _ = waterfill(logm, sc.g, sc.s_min, sc.active, u0=u)
+            s_new, lam, _, _ = waterfill(logm, sc.g, sc.s_min, sc.active)
         obj_new = p.objective(rho_new, s_new * p.total_bandwidth_hz)
         moved = max(np.max(np.abs(s_new - s) / s), np.max(np.abs(rho_new - rho)))
         small = obj - obj_new <= tol * max(abs(obj_new), 1e-300)
@@ -140,6 +179,37 @@ def solve_joint(p: P2Problem) -> SolveResult:
         return _infeasible(p, "joint", t0)
     sc = _Scaled(p)
     qa = sc.q * sc.a_s
+    if _all_at_min(p):
+        s = np.full(p.n_clients, sc.s_min)
+        rho, _ = rho_step(p.phi, sc.pv, qa, sc.rate(s), p.rho_min)
+        lam = float(np.max(_marginal(sc, rho, s), initial=0.0))
+        return _result(p, sc, rho, s, lam, 0, t0, "joint")
+    act = sc.active
+    n_act = int(np.count_nonzero(act))
+    if n_act:
+        all_act = n_act == p.n_clients
+        sel = (lambda z: z) if all_act else (lambda z: z[act])  # noqa: E731
+        budget = 1.0 - (p.n_clients - n_act) * sc.s_min
+        out = joint_newton(sel(sc.g), sel(sc.q), sel(sc.pv), sc.a_s, sc.h_s, sc.s_min, budget,
+                           p.rho_min, p.phi)
+        if out is not None:
+            s_act, ell, it, at_min, _ = out
+            lam_s = math.exp(ell)
+            # mu_k = lambda - m_k(w_min) >= 0 at w_min (idle clients: m = 0); 0 elsewhere
+            mu_act = 0.0 if at_min is None else np.where(
+                at_min[1], np.maximum(lam_s - np.exp(at_min[0]), 0.0), 0.0)
+            if all_act:
+                s, mu = np.maximum(s_act, sc.s_min), np.zeros(p.n_clients) + mu_act
+            else:
+                s, mu = np.full(p.n_clients, sc.s_min), np.full(p.n_clients, lam_s)
+                s[act], mu[act] = np.maximum(s_act, sc.s_min), mu_act
+            rho, _ = rho_step(p.phi, sc.pv, qa, sc.rate(s), p.rho_min)
+            wt = p.total_bandwidth_hz
+            w = s * wt
+            return SolveResult(OPTIMAL, p.objective(rho, w), {"rho": rho, "bandwidth_hz": w},
+                               {"bandwidth_per_hz": lam_s / wt, "bandwidth_lower_per_hz": mu / wt},
+                               it, time.perf_counter() - t0, "joint")
+    # fallback (no client with Q > 0, or Newton failed): bracketed water-filling
     log_const = np.where(sc.active, sc.log_q + math.log(LN2), -np.inf) - sc.log_g2
 
     def logm(uu):
@@ -150,11 +220,6 @@ def solve_joint(p: P2Problem) -> SolveResult:
         sl = sl + (sc.a_s * rho / s_bits) * e * dlog_rate_du(uu)
         return log_const + np.log(s_bits) + val, sl
 
-    if _all_at_min(p):
-        s = np.full(p.n_clients, sc.s_min)
-        rho, _ = rho_step(p.phi, sc.pv, qa, sc.rate(s), p.rho_min)
-        lam = float(np.max(_marginal(sc, rho, s), initial=0.0))
-        return _result(p, sc, rho, s, lam, 0, t0, "joint")
     s, lam, _, it = waterfill(logm, sc.g, sc.s_min, sc.active)
     rho, _ = rho_step(p.phi, sc.pv, qa, sc.rate(s), p.rho_min)
     return _result(p, sc, rho, s, lam, it, t0, "joint")

@@ -139,11 +139,14 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved run config as TOML and exit.")] = False,
+    engine: Annotated[str, typer.Option(
+        help="inprocess, or flower (Flower simulation engine on Ray; needs tsfa[flower]; "
+        "no --resume; docs/flower.md).")] = "inprocess",
 ) -> None:
     """Federated LoRA fine-tuning with SOFT or a baseline, TSFA-controlled or fixed (paper.md §5-§7).
 
     Writes OUT/rounds.csv, OUT/clients.csv, OUT/partition.csv, OUT/config.toml,
-    OUT/metadata.json and a per-round OUT/checkpoint.pt.
+    OUT/metadata.json and (in-process engine) a per-round OUT/checkpoint.pt.
     """
     from .fl.experiment import load_run_config
     from .fl.loop import train
@@ -161,8 +164,20 @@ def train_cmd(
     if print_config:
         typer.echo(cfg.to_toml(), nl=False)
         return
+    if engine not in ("inprocess", "flower"):
+        _fail(f"--engine = {engine!r}: must be one of inprocess, flower")
+    if engine == "flower" and resume:
+        _fail("--resume: not supported with --engine flower (error-feedback memories live on "
+              "the clients)")
     try:
-        result = train(cfg, out=out, resume=resume, progress=True)
+        if engine == "flower":
+            try:
+                from .flower import train_flower
+            except ImportError as exc:
+                _fail(f"--engine flower needs the extra: pip install 'tsfa[flower]' ({exc})")
+            result = train_flower(cfg, out=out)
+        else:
+            result = train(cfg, out=out, resume=resume, progress=True)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     cols = ["round", "accuracy", "test_loss", "mean_rho", "mean_latency_s", "mean_queue_s",

@@ -16,6 +16,7 @@ from tsfa.fl.partition import class_histograms, client_weights, dirichlet_partit
 from tsfa.fl.synthetic import (
     SyntheticConfig,
     make_synthetic_task,
+    oracle_accuracy,
     power_law_spectrum,
     pretrain_backbone,
     rank_floor,
@@ -158,6 +159,9 @@ def test_synthetic_task_matches_its_spectrum_and_teacher():
     np.testing.assert_array_equal(again.train.labels, task.train.labels)
     with pytest.raises(ValueError, match="true_rank"):
         SyntheticConfig(true_rank=1000)
+    assert oracle_accuracy(task, 4) == 1.0 and oracle_accuracy(task, 4, "train") == 1.0
+    assert oracle_accuracy(task, 0) == pytest.approx(1 - task.label_flip, abs=0.15)
+    assert oracle_accuracy(task, 0) < 1.0
 
 
 def test_pretrain_backbone_caches_and_loads(tmp_path):

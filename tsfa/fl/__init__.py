@@ -22,7 +22,7 @@ _API = {
              "set_head_state", "lora_modules", "orthogonality_defect", "soft_regulariser"),
     "partition": ("class_histograms", "client_weights", "dirichlet_partition"),
     "synthetic": ("SyntheticConfig", "SyntheticTask", "make_synthetic_task", "pretrain_backbone",
-                  "rank_floor"),
+                  "rank_floor", "oracle_accuracy"),
     "vit": ("ViT", "ViTConfig", "flops_per_sample", "load_pretrained", "hf_to_tsfa_key"),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}

@@ -174,6 +174,29 @@ def rank_sweep(spec: SystemSpec, key: str, values, freeze: bool = True) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def budget_sweep(spec: SystemSpec, factors) -> pd.DataFrame:
+    """r* as the uplink slack of the realised budgets is scaled: ``Tbar_k = T^cmp_k + f (Tbar_k -
+    T^cmp_k)`` for each factor f; also the mean budget [s]."""
+    inst = realize(spec)
+    rows = []
+    for f in factors:
+        budget = inst.compute_s + float(f) * (inst.budget_s - inst.compute_s)
+        res = optimal_rank(spec.replace(**{"control.latency_budget_s": budget.tolist()}))
+        rows.append({"slack_factor": float(f), "mean_budget_s": float(budget.mean()),
+                     "rank": res.solution["rank"] if res.ok else math.nan,
+                     "J": res.objective, "status": res.status})
+    return pd.DataFrame(rows)
+
+
+def power_sweep(spec: SystemSpec, powers_dbm) -> pd.DataFrame:
+    """r* vs the transmit power (budgets frozen), with the resulting mean SNR on the equal
+    bandwidth share [dB] (the SNR axis of paper.md §7's sensitivity study)."""
+    out = rank_sweep(spec, "wireless.tx_power_dbm", powers_dbm)
+    out["mean_snr_db"] = [mean_snr_db(spec.replace(**{"wireless.tx_power_dbm": float(p)}))
+                          for p in powers_dbm]
+    return out
+
+
 def clients_sweep(spec: SystemSpec, counts, slack_s: float | None = None) -> pd.DataFrame:
     """r* vs the number of clients K at a fixed uplink slack ``Tbar_k - T^cmp_k = slack_s`` [s]
     per client (default: the base spec's mean realised slack). More clients share W_tot."""
@@ -242,5 +265,5 @@ def v_sweep(spec: SystemSpec, values, rounds: int, rank: int | None = None,
 
 __all__ = ["SIZES", "analysis_config", "base_run", "BaseRun", "scaled_budget", "cached_train",
            "CachedRun", "config_hash", "canonical", "resolve", "synthetic_spectrum",
-           "frozen_budget", "rank_sweep", "clients_sweep", "mean_snr_db", "term_breakdown",
+           "frozen_budget", "rank_sweep", "budget_sweep", "power_sweep", "clients_sweep", "mean_snr_db", "term_breakdown",
            "v_sweep"]

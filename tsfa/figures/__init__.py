@@ -17,7 +17,9 @@ from pathlib import Path
 
 from ..analysis import BaseRun, analysis_config, base_run
 
-NOTE = "tsfa reconstruction, embedded task (not the paper's results)"
+NOTE = "tsfa reconstruction on the embedded task, not the paper's results"
+RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
+      "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.markersize": 3}
 
 FIGURES = {
     "fig1_rank": "bound J(r) and final accuracy vs rank r",
@@ -75,7 +77,10 @@ def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Pa
     ctx = Context(name, size, Path(store) if store else out / "runs", log,
                   _shared if _shared is not None else {})
     fn = getattr(analytic, name, None) or getattr(training, name)
-    df, fig = fn(ctx)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(RC):
+        df, fig = fn(ctx)
     return save(fig, df, out, name)
 
 

@@ -12,7 +12,7 @@ from ..analysis import v_sweep
 from ..plots import COLUMN_WIDTH_IN, plt
 from ..spec import SystemSpec
 
-NOTE = "tsfa reconstruction (not the paper's results)"
+NOTE = "tsfa reconstruction, not the paper's results"
 
 
 def fig5_control_v(ctx):
@@ -33,7 +33,7 @@ def fig5_control_v(ctx):
     ax1.legend(fontsize=6, ncol=2)
     ax2.set_ylabel("mean queue $Q_k$ [s]")
     ax2.set_xlabel("round $t$")
-    ax1.set_title(f"Controller, ViT-Base spec, r = {summary['rank'].iloc[0]}\n{NOTE}", fontsize=7)
+    ax1.set_title(f"Controller, ViT-Base spec, r = {summary['rank'].iloc[0]}\n{NOTE}", fontsize=6)
     traces = traces.merge(summary, on="V", how="left")
     return traces, fig
 
@@ -99,5 +99,5 @@ def fig7_client_compute(ctx):
     ax.set_xlabel("LoRA rank $r$")
     ax.set_ylabel("compression time / round [s]")
     ax.legend(fontsize=5.5)
-    ax.set_title(f"Client compression, rho = {conf['rho']:g} (measured, CPU)\n{NOTE}", fontsize=7)
+    ax.set_title(f"Client compression, rho = {conf['rho']:g} (measured, CPU)\n{NOTE}", fontsize=6)
     return df, fig

@@ -33,7 +33,7 @@ def final_accuracy(rounds: pd.DataFrame) -> float:
 
 
 def _title(ax, text):
-    ax.set_title(f"{text}\n{NOTE}", fontsize=7)
+    ax.set_title(f"{text}\n{NOTE}", fontsize=6)
 
 
 def fig1_rank(ctx):
@@ -50,9 +50,10 @@ def fig1_rank(ctx):
     for col, style, label in (("J", "k-o", "J(r)"), ("rank_term", "C0--", "rank  $c_5\\epsilon(r)$"),
                               ("cov_term", "C1--", "cov  $c_3 r\\eta^2\\tau^2G^4$"),
                               ("sparse_term", "C2--", "sparse  $\\Gamma\\phi(\\bar\\rho)$")):
-        ax1.plot(table["rank"], table[col], style, lw=1, ms=3, label=label)
+        y = table[col].where(table[col] > 0)  # zero terms (eps = 0, rho = 1) off the log axis
+        ax1.plot(table["rank"], y, style, lw=1, ms=3, label=label)
     ax1.axvline(base.rank, color="grey", lw=0.8, ls=":")
-    ax1.set_yscale("symlog", linthresh=1e-2)
+    ax1.set_yscale("log")
     ax1.set_ylabel("bound term (dimensionless)")
     ax1.legend(fontsize=6)
     _title(ax1, f"Offline objective, r* = {base.rank} (default constants)")
@@ -93,9 +94,8 @@ def fig2_covariance(ctx):
         ax.legend(fontsize=6, ncol=3)
     axes[-1].set_xlabel("round $t$")
     cfg = base.cfg.system
-    _title(axes[0], f"Covariance of separate aggregation (ILoRA uploads), base "
-           f"$\\tau$={cfg.training.local_steps}, $\\alpha$={cfg.clients.dirichlet_alpha:g}, "
-           f"r={base.rank}")
+    _title(axes[0], f"ILoRA uploads; base $\\tau$={cfg.training.local_steps}, "
+           f"$\\alpha$={cfg.clients.dirichlet_alpha:g}, r={base.rank}")
     return df, fig
 
 
@@ -146,6 +146,9 @@ def fig6_budget(ctx):
     sw = ctx.conf["sweep"]
     base = ctx.base
     r_alt = int(sw["online_only_rank"])
+    if r_alt == base.rank:  # a non-optimal rank: the nearest other candidate
+        others = [r for r in base.table["rank"] if r != base.rank]
+        r_alt = int(min(others, key=lambda r: abs(math.log(r / base.rank))))
     rows = []
     for f in sw["slack_factor"]:
         budget = scaled_budget(base, float(f))

@@ -1,0 +1,116 @@
+"""tsfa figures at the tiny size: every file is written, and each CSV shows the trends the maths
+guarantees (not empirical hopes: accuracy differences at this size are noise)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tsfa.analysis import analysis_config, canonical, config_hash
+from tsfa.figures import FIGURES, make_all, make_figure
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def figdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    make_all(out, "tiny", log=lambda *a: None)
+    return out
+
+
+def csv(figdir, name) -> pd.DataFrame:
+    return pd.read_csv(figdir / f"{name}.csv")
+
+
+def test_every_figure_written(figdir):
+    for name in FIGURES:
+        for ext in ("png", "pdf", "csv"):
+            path = figdir / f"{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 0, path
+        assert len(csv(figdir, name)) > 0
+    assert (figdir / "timing.json").is_file()
+
+
+def test_fig1_bound_is_u_shaped_with_minimum_at_r_star(figdir):
+    t = csv(figdir, "fig1_rank").sort_values("rank")
+    assert np.all(np.diff(t["rank_term"]) <= 1e-12)  # eps(r) non-increasing
+    assert np.all(np.diff(t["cov_term"]) > 0)  # linear in r
+    assert np.all(np.diff(t["sparse_term"]) >= -1e-12)  # rho_bar(r) non-increasing in r
+    r_star = int(t["r_star"].iloc[0])
+    assert int(t.loc[t["J"].idxmin(), "rank"]) == r_star
+    j = t.set_index("rank")["J"]
+    assert j[r_star] < j.iloc[0] and j[r_star] < j.iloc[-1]  # interior minimum: U shape
+    assert t["final_accuracy"].notna().sum() == len(analysis_config("fig1_rank", "tiny")
+                                                    ["sweep"]["ranks"])
+
+
+def test_fig2_covariance_norms_are_finite_and_nonnegative(figdir):
+    d = csv(figdir, "fig2_covariance")
+    assert np.all(np.isfinite(d["cov_fro"])) and np.all(d["cov_fro"] >= 0)
+    assert set(d["parameter"]) == {"training.local_steps", "clients.dirichlet_alpha",
+                                   "experiment.rank"}
+
+
+def test_fig3_ideal_sends_everything_and_ratios_in_range(figdir):
+    d = csv(figdir, "fig3_methods")
+    assert np.allclose(d.loc[d["method"] == "ilora", "mean_rho"], 1.0)
+    assert np.all((d["mean_rho"] > 0) & (d["mean_rho"] <= 1.0 + 1e-12))
+    assert set(d["method"]) == {"ilora", "soft", "slora", "tlora", "rlora"}
+    assert d.groupby("method")["round"].count().nunique() == 1  # same number of rounds
+
+
+def test_fig4_bits_grow_with_rho(figdir):
+    d = csv(figdir, "fig4_fixed_rho")
+    for _, g in d.groupby("method"):
+        g = g.sort_values("rho")
+        assert np.all(np.diff(g["mean_bits"]) > 0)  # more components / elements on the air
+
+
+def test_fig5_penalty_falls_with_v(figdir):
+    s = csv(figdir, "fig5_control_v").groupby("V")[["average_penalty", "mean_rho"]].first()
+    # O(1/V) penalty gap: the largest V has a smaller average penalty than the smallest V
+    assert s["average_penalty"].iloc[-1] <= s["average_penalty"].iloc[0]
+    assert s["mean_rho"].iloc[-1] >= s["mean_rho"].iloc[0]
+
+
+def test_fig6_affordable_ratio_grows_with_budget(figdir):
+    d = csv(figdir, "fig6_budget")
+    g = d[d["variant"] == "offline only"].sort_values("mean_budget_s")
+    assert np.all(np.diff(g["rho_bar"]) >= 0) and np.all(np.diff(g["mean_budget_s"]) > 0)
+    assert d["variant"].nunique() == 3
+
+
+def test_fig7_times_measured(figdir):
+    d = csv(figdir, "fig7_client_compute")
+    assert set(d["method"]) == {"soft", "slora"} and np.all(d["seconds_median"] > 0)
+
+
+def test_fig8_orthogonality_defect_nonnegative(figdir):
+    d = csv(figdir, "fig8_zeta")
+    assert np.all(d["orth_defect"] >= 0) and 0.0 in set(d["zeta"])
+
+
+def test_runs_are_cached_and_keyed_by_config(figdir):
+    logs = []
+    make_figure("fig3_methods", figdir, "tiny", log=logs.append)
+    assert not [m for m in logs if m.startswith("train")]  # nothing retrained
+    runs = sorted((figdir / "runs").iterdir())
+    assert runs and all(p.name == p.name.lower() and len(p.name) == 12 for p in runs)
+    for p in runs:
+        text = (p / "config.toml").read_text()
+        assert hashlib.sha256(text.encode()).hexdigest()[:12] == p.name  # keyed by its config
+        assert (p / "rounds.csv").is_file()
+        assert not (p / "checkpoint.pt").exists()
+
+
+def test_config_hash_ignores_ilora_controller():
+    from tsfa.fl.experiment import RunConfig
+
+    a = RunConfig().replace(**{"experiment.method": "ilora", "experiment.controller": "tsfa"})
+    b = RunConfig().replace(**{"experiment.method": "ilora", "experiment.rho": 0.5})
+    assert config_hash(a) == config_hash(b) == config_hash(canonical(a))
+    assert config_hash(RunConfig()) != config_hash(a)

@@ -384,14 +384,20 @@ class SystemSpec:
         for name, sec_cls in SECTIONS.items():
             sec = getattr(self, name)
             doc = (sec_cls.__doc__ or "").strip().splitlines()[0]
-            lines += [f"[{name}]", f"# {doc}"]
-            for f in dataclasses.fields(sec):
-                meta = f.metadata
-                unit = f" [{meta['unit']}]" if meta["unit"] else ""
-                lines.append(f"# {meta['doc']}{unit}; allowed: {_range_text(meta)}")
-                lines.append(f"{f.name} = {_toml_value(getattr(sec, f.name))}")
-            lines.append("")
+            lines += [f"[{name}]", f"# {doc}", *section_toml_lines(sec), ""]
         return "\n".join(lines)
+
+
+def section_toml_lines(section) -> list[str]:
+    """``key = value`` lines of one spec section, each after a comment with its meaning, unit
+    and allowed range."""
+    lines = []
+    for f in dataclasses.fields(section):
+        meta = f.metadata
+        unit = f" [{meta['unit']}]" if meta["unit"] else ""
+        lines.append(f"# {meta['doc']}{unit}; allowed: {_range_text(meta)}")
+        lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+    return lines
 
 
 def _toml_value(v) -> str:
@@ -417,14 +423,18 @@ def load_spec(path: str | Path | None = None) -> SystemSpec:
     """
     if path is None:
         return SystemSpec()
+    return SystemSpec.from_dict(read_toml(path, "spec file", "create one with `tsfa spec > FILE`"))
+
+
+def read_toml(path: str | Path, what: str = "file", hint: str = "") -> dict:
+    """Parse a TOML file; a missing file or malformed TOML is a :class:`SpecError`."""
     p = Path(path)
     if not p.is_file():
-        raise SpecError(f"spec file {str(p)!r} does not exist (create one with `tsfa spec > FILE`)")
+        raise SpecError(f"{what} {str(p)!r} does not exist" + (f" ({hint})" if hint else ""))
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"spec file {str(p)!r} is not valid TOML: {exc}") from None
-    return SystemSpec.from_dict(data)
+        raise SpecError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
 
 
 def spec_from_toml(text: str) -> SystemSpec:

@@ -15,11 +15,10 @@ paper.md §7, uplink and compute latency are of the same order and communication
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsfa.spec import SECTIONS, SpecError, SystemSpec, _f, _range_text, _Section, _toml_value
+from tsfa.spec import SECTIONS, SpecError, SystemSpec, _f, _Section, read_toml, section_toml_lines
 
 TASKS = ("synthetic", "fashion_mnist", "cifar100")
 METHODS = ("soft", "tlora", "rlora", "slora", "ilora")
@@ -121,12 +120,7 @@ class RunConfig:
         lines = ["# tsfa federated run configuration: [experiment] plus the system spec.",
                  "# [lora] and [compute] are re-derived from the trained model at run time.", "",
                  "[experiment]", f"# {(ExperimentSpec.__doc__ or '').strip()}"]
-        for f in dataclasses.fields(self.experiment):
-            meta = f.metadata
-            unit = f" [{meta['unit']}]" if meta["unit"] else ""
-            lines.append(f"# {meta['doc']}{unit}; allowed: {_range_text(meta)}")
-            lines.append(f"{f.name} = {_toml_value(getattr(self.experiment, f.name))}")
-        lines.append("")
+        lines += [*section_toml_lines(self.experiment), ""]
         body = self.system.to_toml().split("\n")
         return "\n".join(lines + [ln for ln in body if not ln.startswith("# Load with")][1:])
 
@@ -135,11 +129,5 @@ def load_run_config(path: str | Path | None = None) -> RunConfig:
     """Load a run config TOML (missing tables and keys take the defaults); None = default."""
     if path is None:
         return RunConfig()
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"config file {str(p)!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    return RunConfig.from_dict(data)
+    return RunConfig.from_dict(read_toml(path, "config file",
+                                         "print the default with `tsfa train --print-config`"))

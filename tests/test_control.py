@@ -73,3 +73,84 @@ def test_reference_policies(system):
     assert my.status == "optimal"
     assert my.bandwidth_hz.sum() <= kw["total_bandwidth_hz"] * (1 + 1e-9)
     assert np.all(my.latency_s <= kw["budget_s"] * (1 + 1e-6))  # per-round budget met
+
+
+# ---------------------------------------------------------------- default spec (tsfa.policy)
+@pytest.fixture(scope="module")
+def default_system():
+    from tsfa.policy import make_policy
+    from tsfa.rank import optimal_rank
+    from tsfa.spec import SystemSpec
+    from tsfa.system import realize
+
+    spec = SystemSpec()
+    inst = realize(spec)
+    rank = optimal_rank(spec).solution["rank"]
+    return {"make": lambda **kw: make_policy(spec, inst, rank=rank, **kw),
+            "mean_gamma_hz": inst.mean_gamma_hz}
+
+
+def test_default_spec_long_run_meets_latency_budgets(default_system):
+    """Default SystemSpec (w_min = 1 kHz, V = control.V), joint solver, 2,000 i.i.d. Rayleigh
+    rounds: every client's time-averaged latency within budget x 1.01 (measured max 1.0002)."""
+    ctrl = default_system["make"]()
+    assert isinstance(ctrl, LyapunovController) and ctrl.solver == "joint"
+    res = simulate(ctrl, default_system["mean_gamma_hz"], 2000, np.random.default_rng(5))
+    assert (res.summary["latency_ratio"] <= 1.01).all(), res.summary
+    assert 1 / 16 <= res.summary["mean_rho"].min() and res.summary["mean_rho"].max() <= 1
+
+
+def _sweep(default_system, vs, seed=9, rounds=2000):
+    pens, queues = [], []
+    for v in vs:
+        res = simulate(default_system["make"](V=v), default_system["mean_gamma_hz"], rounds,
+                       np.random.default_rng(seed))  # same draws for every V
+        pens.append(res.average_penalty)
+        queues.append(res.summary["mean_queue_s"].mean())
+    return pens, queues
+
+
+def test_default_spec_v_sweep_penalty_down_queue_up(default_system):
+    """Default spec, same fading draws, V in {1, 3, 10, 100}: average penalty non-increasing and
+    average queue non-decreasing (measured: penalty 109, 81, 61, 24; queue 20, 39, 103, 692 s)."""
+    pens, queues = _sweep(default_system, (1.0, 3.0, 10.0, 100.0))
+    assert all(a >= b for a, b in zip(pens, pens[1:], strict=False)), pens
+    assert all(a <= b for a, b in zip(queues, queues[1:], strict=False)), queues
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known, not fixed: below V ~ 0.3 the default spec's queues empty often; P2 then gives a "
+    "client with Q_k = 0 rho = 1 at w_min = 1 kHz (hundreds of seconds of latency), the queue "
+    "jumps and drains for tens of rounds. Measured, 2,000 rounds: mean queue 81 s at V = 0.1 vs "
+    "20 s at V = 1 (w_min = 20 kHz: 5.3 s vs 2.9 s at V = 0.3). See the report to the lead."))
+def test_default_spec_v_sweep_low_v(default_system):
+    _, queues = _sweep(default_system, (0.1, 1.0))
+    assert queues[0] <= queues[1], queues
+
+
+def test_logged_rounds_reproduce_decisions(default_system):
+    """Every round's inputs (gamma_hz, queue_before_s) and decisions (rho, bandwidth_hz, objective)
+    are logged; re-solving P2 from the logged inputs alone gives the logged decision."""
+    from tsfa.optim import P2Problem, solve_joint
+
+    ctrl = default_system["make"]()
+    res = simulate(ctrl, default_system["mean_gamma_hz"], 60, np.random.default_rng(3))
+    rounds = res.rounds
+    assert {"queue_before_s", "objective", "gamma_hz"} <= set(rounds.columns)
+    k = ctrl.n_clients
+    for t in (0, 1, 17, 42, 59):
+        r = rounds[rounds["round"] == t].sort_values("client")
+        q, g = r["queue_before_s"].to_numpy(), r["gamma_hz"].to_numpy()
+        if t:  # the logged queue is the previous round's update
+            prev = rounds[rounds["round"] == t - 1].sort_values("client")
+            np.testing.assert_array_equal(q, prev["queue_s"].to_numpy())
+        prob = P2Problem(ctrl.weights, g, q, ctrl.V * ctrl.penalty_weights, ctrl.compute_s,
+                         ctrl.slope_bits, ctrl.head_bits, ctrl.total_bandwidth_hz,
+                         ctrl.min_bandwidth_hz, ctrl.rho_min, ctrl.phi)
+        sol = solve_joint(prob)
+        np.testing.assert_allclose(sol.rho, r["rho"].to_numpy(), rtol=1e-12)
+        np.testing.assert_allclose(sol.bandwidth_hz, r["bandwidth_hz"].to_numpy(), rtol=1e-12)
+        assert r["objective"].nunique() == 1 and len(r) == k
+        assert r["objective"].iloc[0] == pytest.approx(sol.objective, rel=1e-12)
+        assert r["objective"].iloc[0] == pytest.approx(
+            prob.objective(r["rho"].to_numpy(), r["bandwidth_hz"].to_numpy()), rel=1e-12)

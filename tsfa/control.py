@@ -211,9 +211,13 @@ class MyopicPolicy(_Policy):
 
 @dataclass(frozen=True)
 class SimulationResult:
-    """``rounds``: one row per (round, client): rho, bandwidth_hz, latency_s, queue_s (after the
-    update), gamma_hz, status. ``summary``: per client time-averaged latency vs budget, mean rho,
-    mean bandwidth share, mean queue. ``average_penalty``: (1/T) sum_t sum_k p_k Gamma_k phi(rho)."""
+    """``rounds``: one row per (round, client): rho, bandwidth_hz, latency_s, queue_before_s (the
+    queue the decision saw), queue_s (after the update), gamma_hz (the round's gain), objective
+    (the P2 objective of the round's decision, repeated on the round's K rows), status. Inputs
+    (gamma_hz, queue_before_s) and decisions (rho, bandwidth_hz, objective) of every round are
+    thus logged for independent re-checking. ``summary``: per client time-averaged latency vs
+    budget, mean rho, mean bandwidth share, mean queue. ``average_penalty``:
+    (1/T) sum_t sum_k p_k Gamma_k phi(rho)."""
 
     rounds: pd.DataFrame
     summary: pd.DataFrame
@@ -232,19 +236,22 @@ def simulate(policy, mean_gamma_hz, n_rounds: int, rng: np.random.Generator,
     k = policy.n_clients
     gains = mean_gamma * draw_rayleigh_power(rng, (n_rounds, k))
     q = np.zeros(k) if queues0 is None else np.asarray(queues0, float)
-    rows = {n: np.empty((n_rounds, k)) for n in ("rho", "bandwidth_hz", "latency_s", "queue_s")}
-    status, penalty = [], 0.0
+    rows = {n: np.empty((n_rounds, k))
+            for n in ("rho", "bandwidth_hz", "latency_s", "queue_before_s", "queue_s")}
+    status, objective, penalty = [], np.empty(n_rounds), 0.0
     for t in range(n_rounds):
         d = policy.decide(q, gains[t])
-        q = policy.update_queues(q, d.latency_s)
-        for n, v in zip(rows, (d.rho, d.bandwidth_hz, d.latency_s, q), strict=True):
+        q_before, q = q, policy.update_queues(q, d.latency_s)
+        for n, v in zip(rows, (d.rho, d.bandwidth_hz, d.latency_s, q_before, q), strict=True):
             rows[n][t] = v
         status.append(d.status)
+        objective[t] = d.objective
         penalty += float(np.sum(policy.weights * policy.penalty_weights * phi_fn(d.rho, policy.phi)))
     rounds = pd.DataFrame({"round": np.repeat(np.arange(n_rounds), k),
                            "client": np.tile(np.arange(k), n_rounds),
                            **{n: v.ravel() for n, v in rows.items()},
-                           "gamma_hz": gains.ravel(), "status": np.repeat(status, k)})
+                           "gamma_hz": gains.ravel(), "objective": np.repeat(objective, k),
+                           "status": np.repeat(status, k)})
     summary = pd.DataFrame({
         "client": np.arange(k),
         "mean_latency_s": rows["latency_s"].mean(axis=0),

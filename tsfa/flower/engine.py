@@ -18,8 +18,11 @@ from tsfa.fl.loop import RunResult
 def backend_config(num_cpus: int | None = 2, client_cpus: float = 1.0,
                    address: str | None = None) -> dict:
     """Ray backend config: ``num_cpus`` for Ray (None: all), ``client_cpus`` per ClientApp
-    actor (actors = num_cpus / client_cpus), ``address`` of an existing Ray cluster ("auto")."""
+    actor (actors = num_cpus / client_cpus), ``address`` of an existing Ray cluster ("auto";
+    default: the ``RAY_ADDRESS`` environment variable). Connecting to a cluster uses the
+    cluster's CPUs, so ``num_cpus`` is then ignored."""
     init_args: dict = {"include_dashboard": False, "logging_level": "ERROR"}
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         init_args["address"] = address
     elif num_cpus is not None:

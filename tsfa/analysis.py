@@ -133,11 +133,12 @@ class CachedRun:
     reused: bool
 
 
-def cached_train(cfg, store: str | Path, log=None) -> CachedRun:
+def cached_train(cfg, store: str | Path, log=None, keep_checkpoint: bool = False) -> CachedRun:
     """Train ``cfg`` into ``store/<config_hash>`` unless that run already finished there.
 
     A directory with ``config.toml`` but no ``rounds.csv`` (interrupted) is resumed from its
-    checkpoint. The run's ``config.toml`` is the full resolved config it was keyed by.
+    checkpoint. The run's ``config.toml`` is the full resolved config it was keyed by. The final
+    checkpoint (global factors) is deleted unless ``keep_checkpoint``.
     """
     cfg = canonical(cfg)
     path = Path(store) / config_hash(cfg)
@@ -150,7 +151,11 @@ def cached_train(cfg, store: str | Path, log=None) -> CachedRun:
             log(f"train {path.name}: {cfg.experiment.method}/{cfg.experiment.controller} "
                 f"r={cfg.experiment.rank} rho={cfg.experiment.rho:g}")
         train(cfg, out=path, resume=(path / "checkpoint.pt").is_file())
+    if not keep_checkpoint:
         (path / "checkpoint.pt").unlink(missing_ok=True)
+    elif not (path / "checkpoint.pt").is_file():  # finished earlier without it: train again
+        (path / "rounds.csv").unlink()
+        return cached_train(cfg, store, log, keep_checkpoint)
     return CachedRun(path, pd.read_csv(done), pd.read_csv(path / "clients.csv"), reused)
 
 
@@ -221,6 +226,20 @@ def mean_snr_db(spec: SystemSpec) -> float:
     return float(np.mean(10 * np.log10(inst.mean_gamma_hz / w)))
 
 
+def rank_table_with_eps(spec: SystemSpec, inst=None, eps=None) -> pd.DataFrame:
+    """``rank_table`` with eps(r) replaced by a measured curve ``eps[r]`` (r = 0..len-1; ranks
+    beyond it get 0), e.g. from the spectrum of a trained full update. ``None``: unchanged."""
+    t = rank_table(spec, inst)
+    if eps is None:
+        return t
+    eps = np.asarray(eps, float)
+    new = eps[np.clip(t["rank"].to_numpy(), 0, len(eps) - 1)]
+    new = np.where(t["rank"].to_numpy() >= len(eps), 0.0, new)
+    t["J"] = t["J"] - t["rank_term"] + spec.bound.c5 * new
+    t["eps"], t["rank_term"] = new, spec.bound.c5 * new
+    return t
+
+
 def term_breakdown(spec: SystemSpec) -> pd.DataFrame:
     """J(r) and its rank, covariance and sparsification terms per candidate (``rank_table``),
     with each term's share of J."""
@@ -265,5 +284,5 @@ def v_sweep(spec: SystemSpec, values, rounds: int, rank: int | None = None,
 
 __all__ = ["SIZES", "analysis_config", "base_run", "BaseRun", "scaled_budget", "cached_train",
            "CachedRun", "config_hash", "canonical", "resolve", "synthetic_spectrum",
-           "frozen_budget", "rank_sweep", "budget_sweep", "power_sweep", "clients_sweep", "mean_snr_db", "term_breakdown",
+           "frozen_budget", "rank_table_with_eps", "rank_sweep", "budget_sweep", "power_sweep", "clients_sweep", "mean_snr_db", "term_breakdown",
            "v_sweep"]

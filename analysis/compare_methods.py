@@ -1,0 +1,211 @@
+"""All five uplink methods on the embedded synthetic task at the same budget (paper.md §6, §7).
+
+Two groups of runs of the default :class:`~tsfa.fl.experiment.RunConfig` (same rank, data,
+partition and fading draws per seed; only the compressor and the policy change):
+
+* ``controller``: SOFT, TLoRA, RLoRA, SLoRA under the TSFA controller (the same latency budget
+  Tbar_k), and ILoRA (rho = 1, equal bandwidth, no latency constraint: the ideal reference);
+* ``rho=1/8``: SOFT, TLoRA, RLoRA at a fixed rho = 1/8 with equal bandwidth (no Lyapunov).
+
+Results go to ``analysis/results/compare_methods/`` (``runs.csv`` one row per run, ``table.csv``
+mean and std per method, ``curves.csv`` accuracy per round, ``config.toml``, ``metadata.json``)
+and the table to ``docs/methods.md``. Finished runs are cached in ``--cache`` (a run folder with
+its ``rounds.csv`` is reused), so re-running adds seeds or regenerates the table only.
+
+    python analysis/compare_methods.py --seeds 0 1 2 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tsfa.fl.experiment import RunConfig
+from tsfa.results import prepare_dir, write_table
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "analysis" / "results" / "compare_methods"
+DOC = ROOT / "docs" / "methods.md"
+FIXED_RHO = 0.125
+RUNS = ([("controller", m, "tsfa") for m in ("soft", "tlora", "rlora", "slora")]
+        + [("controller", "ilora", "fixed")]
+        + [("rho=1/8", m, "fixed") for m in ("soft", "tlora", "rlora")])
+
+
+def run_config(base: RunConfig, group: str, method: str, controller: str, seed: int) -> RunConfig:
+    """The base config with this run's method, policy and seed (ILoRA: rho = 1 in the loop)."""
+    changes = {"experiment.method": method, "experiment.controller": controller,
+               "experiment.seed": seed}
+    if group == "rho=1/8":
+        changes["experiment.rho"] = FIXED_RHO
+    return base.replace(**changes)
+
+
+def run_name(group: str, method: str, seed: int) -> str:
+    return f"{'ctrl' if group == 'controller' else 'rho8'}_{method}_s{seed}"
+
+
+def _run(args: tuple) -> str:
+    """Worker: one training run into ``folder`` (one torch thread per process)."""
+    import torch
+
+    from tsfa.fl.loop import train
+
+    cfg, folder = args
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    train(cfg, out=folder)
+    (Path(folder) / "checkpoint.pt").unlink(missing_ok=True)
+    (Path(folder) / "elapsed_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return str(folder)
+
+
+def summarise(folder: Path, group: str, method: str, seed: int, last: int = 5) -> dict:
+    """One run's row: final accuracy (last round, and mean of the last ``last`` rounds), bits
+    per client per round, mean latency against the mean budget, wall time."""
+    rounds = pd.read_csv(folder / "rounds.csv")
+    clients = pd.read_csv(folder / "clients.csv")
+    per_client = clients.groupby("client").agg(lat=("latency_s", "mean"),
+                                               budget=("budget_s", "mean"))
+    elapsed = folder / "elapsed_s.txt"
+    return {"group": group, "method": method, "seed": seed,
+            "final_accuracy": float(rounds["accuracy"].iloc[-1]),
+            "last5_accuracy": float(rounds["accuracy"].iloc[-last:].mean()),
+            "best_accuracy": float(rounds["accuracy"].max()),
+            "mean_rho": float(rounds["mean_rho"].mean()),
+            "bits_per_client_round": float(clients["bits"].mean()),
+            "mean_latency_s": float(clients["latency_s"].mean()),
+            "mean_budget_s": float(clients["budget_s"].mean()),
+            "clients_within_budget": int((per_client["lat"] <= per_client["budget"] * 1.001).sum()),
+            "num_clients": int(len(per_client)),
+            "rounds": int(len(rounds)),
+            "wall_s": float(elapsed.read_text()) if elapsed.exists() else float("nan")}
+
+
+def table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (group, method)."""
+    g = runs.groupby(["group", "method"], sort=False)
+    out = g.agg(seeds=("seed", "count"), acc_mean=("final_accuracy", "mean"),
+                acc_std=("final_accuracy", "std"), last5_mean=("last5_accuracy", "mean"),
+                last5_std=("last5_accuracy", "std"), mean_rho=("mean_rho", "mean"),
+                bits_per_client_round=("bits_per_client_round", "mean"),
+                mean_latency_s=("mean_latency_s", "mean"), mean_budget_s=("mean_budget_s", "mean"),
+                clients_within_budget=("clients_within_budget", "mean"),
+                wall_s=("wall_s", "mean"))
+    return out.reset_index()
+
+
+def markdown(tab: pd.DataFrame, base: RunConfig, seeds: list[int], machine: str) -> str:
+    """docs/methods.md: the table with date, machine and configuration."""
+    exp, sys_ = base.experiment, base.system
+    tr = sys_.training
+    lines = [
+        "# Methods compared on the embedded task",
+        "",
+        "**tsfa reconstruction on the embedded synthetic task, not the paper's result.** "
+        "Generated by `python analysis/compare_methods.py` (do not edit by hand); raw numbers in "
+        "`analysis/results/compare_methods/`.",
+        "",
+        f"- Date: {datetime.now(UTC).date().isoformat()}; machine: {machine}.",
+        f"- Task: synthetic teacher (tsfa.fl.synthetic defaults, {exp.num_train} training "
+        f"samples), K = {sys_.clients.num_clients} clients, Dir({sys_.clients.dirichlet_alpha:g}) "
+        f"labels; LoRA r = {exp.rank}, lora_alpha = {exp.lora_alpha:g} on q, v; "
+        f"{exp.optimizer} lr {tr.learning_rate:g}, tau = {tr.local_steps} local steps, "
+        f"b = {tr.batch_size}, T = {tr.rounds} rounds; zeta = {sys_.soft.zeta:g} (SOFT only), "
+        f"aggregation {sys_.soft.aggregation}; error feedback for every method.",
+        f"- Seeds: {', '.join(map(str, seeds))} (data, partition, fading and client sampling per "
+        "seed are identical across methods).",
+        "- *controller*: SOFT, TLoRA, RLoRA and SLoRA under the TSFA Lyapunov controller with "
+        "the same per-client budget Tbar_k; ILoRA sends everything (rho = 1, equal bandwidth) "
+        "with no latency constraint (paper.md §6), so its latency exceeds the budget by design.",
+        f"- *rho=1/8*: fixed rho = {FIXED_RHO:g} for every client, equal bandwidth.",
+        "- accuracy: test accuracy after the last round (mean ± std over seeds); last 5: mean of "
+        "the last five rounds; bits: LoRA payload + head + indices per client per round; "
+        "latency: mean over clients and rounds of compute + upload time; within budget: clients "
+        "whose time-averaged latency is at most their Tbar_k.",
+        "",
+        "| group | method | seeds | accuracy | last 5 | mean rho | kbit / client / round "
+        "| mean latency s | budget s | within budget |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for _, r in tab.iterrows():
+        sd = 0.0 if np.isnan(r.acc_std) else r.acc_std
+        sd5 = 0.0 if np.isnan(r.last5_std) else r.last5_std
+        lines.append(f"| {r.group} | {r.method} | {r.seeds} | {r.acc_mean:.3f} ± {sd:.3f} | "
+                     f"{r.last5_mean:.3f} ± {sd5:.3f} | {r.mean_rho:.3f} | "
+                     f"{r.bits_per_client_round / 1e3:.1f} | {r.mean_latency_s:.3f} | "
+                     f"{r.mean_budget_s:.3f} | {r.clients_within_budget:.1f}/"
+                     f"{sys_.clients.num_clients} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "compare_methods")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--rounds", type=int, default=None, help="override training.rounds")
+    ap.add_argument("--table-only", action="store_true", help="summarise finished runs only")
+    args = ap.parse_args(argv)
+
+    base = RunConfig()
+    if args.rounds is not None:
+        base = base.replace(**{"training.rounds": args.rounds})
+    todo, done = [], []
+    # seed-major order, so a partial sweep still has every method for the first seeds
+    for seed in args.seeds:
+        for group, method, controller in RUNS:
+            folder = args.cache / run_name(group, method, seed)
+            cfg = run_config(base, group, method, controller, seed)
+            finished = (folder / "rounds.csv").exists() and (folder / "config.toml").exists() \
+                and (folder / "config.toml").read_text() == cfg.to_toml()
+            (done if finished else todo).append((group, method, seed, folder, cfg))
+    if not args.table_only and todo:
+        for *_, folder, _ in todo:
+            shutil.rmtree(folder, ignore_errors=True)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for f in pool.map(_run, [(cfg, folder) for *_, folder, cfg in todo]):
+                print("finished", f, flush=True)
+        done += todo
+    rows = [summarise(folder, g, m, s) for g, m, s, folder, _ in done
+            if (folder / "rounds.csv").exists()]
+    if not rows:
+        raise SystemExit("no finished runs")
+    runs = pd.DataFrame(rows)
+    order = {(g, m): i for i, (g, m, _) in enumerate(RUNS)}
+    runs = runs.iloc[np.argsort([order[(g, m)] * 1000 + s for g, m, s in
+                                 zip(runs.group, runs.method, runs.seed, strict=True)],
+                                kind="stable")]
+    curves = pd.concat([pd.read_csv(folder / "rounds.csv")[["round", "accuracy", "mean_rho",
+                                                             "mean_latency_s"]]
+                        .assign(group=g, method=m, seed=s)
+                        for g, m, s, folder, _ in done if (folder / "rounds.csv").exists()])
+    tab = table(runs)
+    seeds = sorted(runs.seed.unique().tolist())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = (f"{os.cpu_count()} CPU cores, {platform.platform()}, Python "
+               f"{platform.python_version()}, load average {load:.1f} at the end (shared machine)")
+    prepare_dir(args.out, base.to_toml(), None, seeds=seeds, fixed_rho=FIXED_RHO,
+                runs=[run_name(g, m, s) for g, m, s in zip(runs.group, runs.method, runs.seed,
+                                                            strict=True)],
+                machine=machine)
+    write_table(runs, args.out / "runs.csv")
+    write_table(tab, args.out / "table.csv")
+    write_table(curves, args.out / "curves.csv")
+    args.doc.write_text(markdown(tab, base, seeds, machine), encoding="utf-8")
+    print(tab.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

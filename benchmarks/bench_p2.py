@@ -7,6 +7,7 @@ CVXPY is skipped above K = 1,000 (it takes seconds per solve there).
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -19,6 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "optim"))
 from test_p2 import make_instance  # noqa: E402
 
 from tsfa.optim import CvxpyP2, solve_bcd, solve_joint  # noqa: E402
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _median_ms(fn, repeats):
@@ -34,13 +39,13 @@ def main(sizes=(10, 100, 1000, 10000), cvxpy_max_k=1000) -> pd.DataFrame:
     rows = []
     for k in sizes:
         p = make_instance(np.random.default_rng(k), k, "inv")
-        reps = 20 if k <= 1000 else 5
+        reps = 300 if k <= 100 else (50 if k <= 1000 else 15)
         row = {"K": k, "analytic_ms": _median_ms(lambda p=p: solve_bcd(p), reps),
                "joint_ms": _median_ms(lambda p=p: solve_joint(p), reps)}
         if k <= cvxpy_max_k:
             model = CvxpyP2(k)
             model.solve(p)  # first solve compiles the DPP mapping
-            row["cvxpy_ms"] = _median_ms(lambda m=model, p=p: m.solve(p), 5 if k < 1000 else 2)
+            row["cvxpy_ms"] = _median_ms(lambda m=model, p=p: m.solve(p), 40 if k < 1000 else 5)
         else:
             row["cvxpy_ms"] = np.nan
         rows.append(row)
@@ -51,5 +56,7 @@ def main(sizes=(10, 100, 1000, 10000), cvxpy_max_k=1000) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    print(platform.platform(), platform.processor(), f"python {platform.python_version()}")
+    print(platform.platform(), platform.processor(), f"python {platform.python_version()}",
+          f"cpus {os.cpu_count()}", "load avg before: " + _load())
     print(main().to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print("load avg after: " + _load())

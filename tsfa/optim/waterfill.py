@@ -89,7 +89,7 @@ def rho_step(variant: str, pv, qa, rate, rho_min: float):
             e_int = np.zeros_like(raw)
         else:
             raise ValueError(f"phi: unknown variant {variant!r}")
-    raw = np.where(zero_q, np.inf, np.nan_to_num(raw, nan=np.inf, posinf=np.inf))
+    raw = np.where(zero_q | np.isnan(raw), np.inf, raw)  # nan (0/0) and +inf -> inf
     rho = np.clip(raw, rho_min, 1.0)
     interior = (raw > rho_min) & (raw < 1.0)
     return rho, np.where(interior, e_int, 0.0)

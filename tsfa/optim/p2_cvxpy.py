@@ -109,7 +109,12 @@ class CvxpyP2:
             raise RuntimeError("P2 CVXPY model is not DPP")
 
     def solve(self, p: P2Problem, **solver_opts) -> SolveResult:
-        """Set the parameters from ``p`` and solve. Status and multipliers as in SolveResult."""
+        """Set the parameters from ``p`` and solve. Status and multipliers as in SolveResult.
+
+        With CLARABEL and no ``solver_opts`` the settings of ``_CLARABEL_ATTEMPTS`` are tried in
+        turn until one reports "optimal" (the last attempt's status is returned); explicit
+        ``solver_opts`` give a single solve with exactly those options.
+        """
         t0 = time.perf_counter()
         name = f"cvxpy:{self.solver}"
         if p.n_clients != self.n_clients or p.phi != self.phi:

@@ -112,19 +112,28 @@ def _sweep(default_system, vs, seed=9, rounds=2000):
 
 def test_default_spec_v_sweep_penalty_down_queue_up(default_system):
     """Default spec, same fading draws, V in {1, 3, 10, 100}: average penalty non-increasing and
-    average queue non-decreasing (measured: penalty 109, 81, 61, 24; queue 20, 39, 103, 692 s)."""
+    average queue non-decreasing (see _sweep for the numbers)."""
     pens, queues = _sweep(default_system, (1.0, 3.0, 10.0, 100.0))
     assert all(a >= b for a, b in zip(pens, pens[1:], strict=False)), pens
     assert all(a <= b for a, b in zip(queues, queues[1:], strict=False)), queues
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, not fixed: below V ~ 0.3 the default spec's queues empty often; P2 then gives a "
-    "client with Q_k = 0 rho = 1 at w_min = 1 kHz (hundreds of seconds of latency), the queue "
-    "jumps and drains for tens of rounds. Measured, 2,000 rounds: mean queue 81 s at V = 0.1 vs "
-    "20 s at V = 1 (w_min = 20 kHz: 5.3 s vs 2.9 s at V = 0.3). See the report to the lead."))
 def test_default_spec_v_sweep_low_v(default_system):
-    _, queues = _sweep(default_system, (0.1, 1.0))
+    """Low V: with w_min = 1 kHz (the old default) a client whose queue emptied got rho = 1 at
+    w_min (hundreds of seconds of latency), and V = 0.1 queued more than V = 1 (81 s vs 20 s).
+    The default w_min is now 1% of W_tot (20 kHz), a minimum resource block: V = 0.1 now queues
+    less than V = 1 (measured 5.3 s vs 9.1 s)."""
+    pens, queues = _sweep(default_system, (0.1, 1.0))
+    assert pens[0] >= pens[1] and queues[0] <= queues[1], (pens, queues)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known, not fixed: below V ~ 0.3 queues empty often and the zero-queue decision (rho = 1 at "
+    "w_min) still spikes; measured over 2,000 rounds: mean queue 5.3 s at V = 0.1 vs 2.9 s at "
+    "V = 0.3. Minimising the exact one-round drift (keeping the quadratic term P2 drops) is the "
+    "candidate fix; it changes P2 of paper.md §4."))
+def test_default_spec_v_sweep_very_low_v(default_system):
+    _, queues = _sweep(default_system, (0.1, 0.3))
     assert queues[0] <= queues[1], queues
 
 

@@ -187,7 +187,7 @@ class WirelessSpec(_Section):
     SECTION = "wireless"
     bandwidth_total_hz: float = _f(2e6, "total uplink bandwidth W_tot", "Hz", 0.0, 1e12,
                                    lo_open=True, kind=float)
-    bandwidth_min_hz: float = _f(1e3, "smallest bandwidth a client can get w_min", "Hz", 0.0, 1e12,
+    bandwidth_min_hz: float = _f(2e4, "smallest bandwidth a client can get w_min", "Hz", 0.0, 1e12,
                                  lo_open=True, kind=float)
     tx_power_dbm: float = _f(23.0, "client transmit power P_k", "dBm", -50.0, 60.0, kind=float)
     noise_psd_dbm_hz: float = _f(-174.0, "noise power spectral density N0", "dBm/Hz", -250.0,

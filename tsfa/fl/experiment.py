@@ -48,7 +48,7 @@ class ExperimentSpec(_Section):
     lora_alpha: float = _f(16.0, "LoRA scaling numerator", "", 0.0, None, lo_open=True, kind=float)
     optimizer: str = _f("adamw", "local optimizer", choices=("adamw", "sgd"), kind=str)
     error_feedback: bool = _f(True, "keep error-feedback memories on the clients", kind=bool)
-    num_train: int = _f(4000, "training samples (synthetic task; subsample of real data)", "", 10,
+    num_train: int = _f(20000, "training samples (synthetic task; subsample of real data)", "", 10,
                         None, kind=int)
     num_test: int = _f(1000, "test samples", "", 10, None, kind=int)
     seed: int = _f(0, "seed of every random stream of the run", "", 0, 2**63 - 1, kind=int)
@@ -62,10 +62,10 @@ def default_system() -> SystemSpec:
         "clients.device_flops_max": 2.5e9,
         "wireless.bandwidth_total_hz": 20e3,
         "wireless.bandwidth_min_hz": 100.0,
-        "training.local_steps": 10,
+        "training.local_steps": 20,
         "training.batch_size": 32,
         "training.learning_rate": 3e-3,
-        "training.rounds": 20,
+        "training.rounds": 60,
         "control.budget_reference_rank": 8,
         "lora.rank_candidates": [1, 2, 4, 8, 16, 32],
         "lora.n_modules": 6, "lora.d_in": 64, "lora.d_out": 64,

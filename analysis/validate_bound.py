@@ -135,6 +135,7 @@ def rank_study(base, store, log, ranks, c3, cfg=None, eps_override=None, label="
         "best_rank_loss": int(d.loc[d["final_test_loss"].idxmin(), "rank"]),
         "constants": {"a": float(a), "c3": c3, "c4": float(c4), "c5": float(c5)},
         "accuracy_spread": float(d["final_accuracy"].max() - d["final_accuracy"].min()),
+        "noise": 2.0 / cfg.experiment.num_test,  # two test samples
     }
     return df, out
 
@@ -162,6 +163,8 @@ def sparsification_study(base, store, log, methods, rhos, constants) -> pd.DataF
     tr, b = base.system.training, base.system.bound
     gamma = float(bd.sparsification_gamma(b.smoothness, tr.learning_rate, tr.local_steps,
                                           b.grad_bound, constants["c4"]))
+    gamma_default = float(bd.sparsification_gamma(b.smoothness, tr.learning_rate, tr.local_steps,
+                                                  b.grad_bound, b.c4))
     rows = []
     for m in methods:
         acc = {}
@@ -173,7 +176,8 @@ def sparsification_study(base, store, log, methods, rhos, constants) -> pd.DataF
         for rho in rhos:
             rows.append({"method": m, "rho": float(rho), "final_accuracy": acc[rho],
                          "accuracy_gap_vs_rho1": acc[max(rhos)] - acc[rho],
-                         "predicted_sparse_term": gamma * float(bd.phi(rho))})
+                         "term_default_c4": gamma_default * float(bd.phi(rho)),
+                         "term_calibrated_c4": gamma * float(bd.phi(rho))})
     return pd.DataFrame(rows)
 
 
@@ -237,6 +241,8 @@ def main(argv=None) -> None:
     p.add_argument("--size", default="quick", choices=an.SIZES)
     p.add_argument("--store", default="figures/runs")
     p.add_argument("--out", default=str(ROOT / "docs" / "validation.md"))
+    p.add_argument("--no-real-data", action="store_true",
+                   help="skip the Fashion-MNIST check even when the data are installed")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(a.out)
@@ -253,8 +259,9 @@ def main(argv=None) -> None:
     syn, syn_out = rank_study(base, a.store, log, ranks, covfit["c3"])
     studies = [(syn, syn_out)]
     fm_note = ""
-    if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() or (
-            FASHION_MNIST_DIR / "train-images-idx3-ubyte").is_file():
+    have_fm = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() or (
+        FASHION_MNIST_DIR / "train-images-idx3-ubyte").is_file()
+    if have_fm and not a.no_real_data:
         fcfg = base.cfg.replace(**{"experiment.task": "fashion_mnist", "bound.eps_model":
                                    "power_law", "bound.spectrum": [],
                                    "control.latency_budget_s": []})
@@ -265,6 +272,9 @@ def main(argv=None) -> None:
         fm, fm_out = rank_study(base, a.store, log, franks, covfit["c3"], cfg=fcfg,
                                 eps_override=eps, label="Fashion-MNIST")
         studies.append((fm, fm_out))
+    elif have_fm:
+        fm_note = ("The Fashion-MNIST check was skipped in this run (--no-real-data), although "
+                   f"the data are installed at {FASHION_MNIST_DIR}.")
     else:
         fm_note = (f"Fashion-MNIST is not installed ({FASHION_MNIST_DIR} missing; "
                    "`apt-get install dataset-fashion-mnist`), so the real-data check was "
@@ -341,8 +351,8 @@ def render(a, base, cov, covfit, studies, fm_note, sp, vs, vfit, elapsed) -> str
         lines += [fm_note, ""]
     lines += ["![rank](validation/rank.png)", "",
               "## 3. Sparsification term vs measured accuracy gap", "",
-              "Fixed rho, equal bandwidth, at r*. Predicted term Gamma phi(rho) with the c4 "
-              "calibrated on the synthetic rank sweep; gap = accuracy at rho = 1 minus "
+              "Fixed rho, equal bandwidth, at r*. Predicted term Gamma phi(rho) with the default "
+              "c4 and with the c4 calibrated on the synthetic rank sweep; gap = accuracy at rho = 1 minus "
               "accuracy at rho. The bound's phi is derived for error-feedback compressors "
               "with contraction rho; it says nothing about the difference between "
               "compressors (SOFT vs TLoRA vs RLoRA).", "",
@@ -369,11 +379,15 @@ def verdicts(cov, covfit, studies, sp, vfit) -> list[str]:
         ok = abs(meas - pred) <= 0.5 * max(pred, 0.5)
         out.append(f"- Covariance growth with {name}: measured slope {meas:.2f} vs bound "
                    f"{pred:.2f} -> {'consistent' if ok else 'not consistent'} with the bound's "
-                   "form.")
+                   "form (criterion: within 50% of the bound's exponent).")
     spread = cov["measured_over_predicted"]
     out.append(f"- With one fitted c3 the bound's covariance magnitude is within a factor "
                f"{float(max(spread.max(), 1 / spread.min())):.2f} of every measurement.")
     for _, o in studies:
+        if o["accuracy_spread"] <= o["noise"]:
+            out.append(f"- {o['label']}: the final accuracies of all ranks lie within "
+                       f"{o['noise']:.3f} (two test samples): no best rank can be resolved at "
+                       "this size, so r* cannot be confirmed or refuted here.")
         hit = o["r_star_default"] == o["best_rank_loss"]
         hit_c = o["r_star_calibrated"] == o["best_rank_loss"]
         out.append(f"- {o['label']}: r* with default constants {o['r_star_default']} "
@@ -382,7 +396,7 @@ def verdicts(cov, covfit, studies, sp, vfit) -> list[str]:
                    f"{'matches' if hit_c else 'misses'} (in-sample). Accuracy spread over "
                    f"ranks {o['accuracy_spread']:.3f}.")
     soft = sp[sp["method"] == "soft"].sort_values("rho")
-    corr = np.corrcoef(soft["predicted_sparse_term"], soft["accuracy_gap_vs_rho1"])[0, 1] if len(
+    corr = np.corrcoef(soft["term_default_c4"], soft["accuracy_gap_vs_rho1"])[0, 1] if len(
         soft) > 2 else float("nan")
     out.append(f"- Sparsification: correlation between Gamma phi(rho) and SOFT's measured "
                f"accuracy gap over rho: {corr:.2f} ({len(soft)} points).")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..analysis import BaseRun, analysis_config, base_run
 
-NOTE = "tsfa reconstruction on the embedded task, not the paper's results"
+NOTE = "tsfa reconstruction (embedded task), not the paper's results"
 RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
       "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.markersize": 3}
 

@@ -126,7 +126,9 @@ def fig4_fixed_rho(ctx):
         for rho in sw["rho"]:
             r = _run(ctx, **{"experiment.method": m, "experiment.controller": "fixed",
                              "experiment.rho": float(rho)}).rounds
-            rows.append({"method": m, "rho": float(rho), "final_accuracy": final_accuracy(r),
+            n = max(1, math.ceil(float(rho) * ctx.base.rank - 1e-9))
+            rows.append({"method": m, "rho": float(rho), "components_sent": n,
+                         "final_accuracy": final_accuracy(r),
                          "mean_bits": float(r["total_bits"].mean())})
     df = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)

@@ -291,7 +291,7 @@ def figures_cmd(
     out: Annotated[Path, typer.Option(help="Output directory (PNG, PDF, CSV per figure).")] = Path(
         "figures"),
     quick: Annotated[bool, typer.Option(
-        "--quick", help="Small runs (5 clients, 12 rounds): under 15 min on 2 CPU cores.")] = False,
+        "--quick", help="Small runs (5 clients, 24 rounds): under 15 min on 2 CPU cores.")] = False,
     size: Annotated[str | None, typer.Option(
         help="Run size: tiny (test suite), quick or full (default: full, or quick with "
         "--quick).")] = None,

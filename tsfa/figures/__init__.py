@@ -84,9 +84,19 @@ def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Pa
     return save(fig, df, out, name)
 
 
-def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=print) -> dict:
-    """Every figure (or ``names``) into ``out``; returns and writes ``out/timing.json``."""
+def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=print,
+             threads: int | None = 1) -> dict:
+    """Every figure (or ``names``) into ``out``; returns and writes ``out/timing.json``.
+
+    ``threads``: torch intra-op threads for the runs (default 1: the tiny models gain nothing
+    from more, and on a shared machine oversubscribed threads slow every run many times over);
+    ``None`` leaves torch's setting alone. This sets a process-wide torch option.
+    """
     out = Path(out)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     shared: dict = {}
     timing = {}
     for name in names or FIGURES:

@@ -19,14 +19,17 @@ def backend_config(num_cpus: int | None = 2, client_cpus: float = 1.0,
                    address: str | None = None) -> dict:
     """Ray backend config: ``num_cpus`` for Ray (None: all), ``client_cpus`` per ClientApp
     actor (actors = num_cpus / client_cpus), ``address`` of an existing Ray cluster ("auto";
-    default: the ``RAY_ADDRESS`` environment variable). Connecting to a cluster uses the
-    cluster's CPUs, so ``num_cpus`` is then ignored."""
+    default: the ``RAY_ADDRESS`` environment variable; without one, a new local instance even
+    if a ``ray start`` cluster runs here). Connecting to a cluster uses the cluster's CPUs, so
+    ``num_cpus`` is then ignored."""
     init_args: dict = {"include_dashboard": False, "logging_level": "ERROR"}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         init_args["address"] = address
-    elif num_cpus is not None:
-        init_args["num_cpus"] = int(num_cpus)
+    else:  # a new local Ray instance, never a cluster left running on this machine
+        init_args["address"] = "local"
+        if num_cpus is not None:
+            init_args["num_cpus"] = int(num_cpus)
     return {"client_resources": {"num_cpus": float(client_cpus), "num_gpus": 0.0},
             "init_args": init_args}
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (notebook cell sources are kept one statement per line)
 """Write the sensitivity notebooks of notebooks/ with nbformat (outputs stripped).
 
 The notebooks call tsfa.analysis only; they hold no logic. TSFA_NB_SMALL=1 makes them run at a

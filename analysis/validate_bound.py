@@ -29,8 +29,8 @@ import pandas as pd
 
 from tsfa import analysis as an
 from tsfa import bound as bd
-from tsfa.fl.data import FASHION_MNIST_DIR
 from tsfa.figures import RC
+from tsfa.fl.data import FASHION_MNIST_DIR
 from tsfa.plots import COLUMN_WIDTH_IN, plt
 from tsfa.spec import SystemSpec
 

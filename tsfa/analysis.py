@@ -282,7 +282,9 @@ def v_sweep(spec: SystemSpec, values, rounds: int, rank: int | None = None,
     return pd.DataFrame(rows), pd.concat(traces, ignore_index=True)
 
 
-__all__ = ["SIZES", "analysis_config", "base_run", "BaseRun", "scaled_budget", "cached_train",
-           "CachedRun", "config_hash", "canonical", "resolve", "synthetic_spectrum",
-           "frozen_budget", "rank_table_with_eps", "rank_sweep", "budget_sweep", "power_sweep", "clients_sweep", "mean_snr_db", "term_breakdown",
-           "v_sweep"]
+__all__ = [
+    "SIZES", "analysis_config", "base_run", "BaseRun", "scaled_budget", "cached_train", "CachedRun",
+    "config_hash", "canonical", "resolve", "synthetic_spectrum", "frozen_budget",
+    "rank_table_with_eps", "rank_sweep", "budget_sweep", "power_sweep", "clients_sweep",
+    "mean_snr_db", "term_breakdown", "v_sweep",
+]

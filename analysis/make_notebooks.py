@@ -87,6 +87,8 @@ def build() -> list[Path]:
                                      "language": "python"}
         nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
                     for kind, src in cells]
+        for i, cell in enumerate(nb.cells):  # stable ids: regenerating gives no diff
+            cell.id = f"cell-{i:02d}"
         path = HERE / name
         nbf.write(nb, path)
         paths.append(path)

@@ -128,7 +128,7 @@ def main() -> None:  # pragma: no cover - console entry point
 @app.command("train")
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(
-        help="Run config TOML ([experiment] + system tables; default: embedded task).")] = None,
+        help="Run config TOML (an experiment table plus the system tables; default: embedded task).")] = None,
     method: Annotated[str | None, typer.Option(help="soft, tlora, rlora, slora or ilora.")] = None,
     controller: Annotated[str | None, typer.Option(help="tsfa, fixed or myopic.")] = None,
     rho: Annotated[float | None, typer.Option(help="Ratio of the fixed policy.")] = None,

@@ -288,6 +288,19 @@ class BoundSpec(_Section):
                                 "singular values >= 0 with a positive sum")
 
 
+def build_section(sec_cls: type, table) -> _Section:
+    """Validate one TOML table (a dict; unknown keys are errors) into its frozen section."""
+    name = sec_cls.SECTION
+    if not isinstance(table, dict):
+        raise SpecError(f"[{name}]: expected a table, got {table!r}")
+    allowed = {f.name for f in dataclasses.fields(sec_cls)}
+    bad = set(table) - allowed
+    if bad:
+        raise SpecError(f"unknown key {name}.{sorted(bad)[0]}: allowed keys in [{name}] are "
+                        + ", ".join(sorted(allowed)))
+    return sec_cls(**table)
+
+
 SECTIONS: dict[str, type] = {
     "clients": ClientsSpec,
     "lora": LoraSpec,
@@ -353,18 +366,8 @@ class SystemSpec:
         if unknown:
             raise SpecError(f"unknown section [{sorted(unknown)[0]}]: allowed sections are "
                             + ", ".join(SECTIONS))
-        parts = {}
-        for name, sec_cls in SECTIONS.items():
-            table = data.get(name, {})
-            if not isinstance(table, dict):
-                raise SpecError(f"[{name}]: expected a table, got {table!r}")
-            allowed = {f.name for f in dataclasses.fields(sec_cls)}
-            bad = set(table) - allowed
-            if bad:
-                raise SpecError(f"unknown key {name}.{sorted(bad)[0]}: allowed keys in [{name}] "
-                                "are " + ", ".join(sorted(allowed)))
-            parts[name] = sec_cls(**table)
-        return cls(**parts)
+        return cls(**{name: build_section(sec_cls, data.get(name, {}))
+                      for name, sec_cls in SECTIONS.items()})
 
     def replace(self, **changes: Any) -> SystemSpec:
         """Copy with dotted-key changes, e.g. ``spec.replace(**{"wireless.tx_power_dbm": 20})``."""

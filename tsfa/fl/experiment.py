@@ -18,7 +18,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsfa.spec import SECTIONS, SpecError, SystemSpec, _f, _Section, read_toml, section_toml_lines
+from tsfa.spec import (
+    SECTIONS,
+    SpecError,
+    SystemSpec,
+    _f,
+    _Section,
+    build_section,
+    read_toml,
+    section_toml_lines,
+)
 
 TASKS = ("synthetic", "fashion_mnist", "cifar100")
 METHODS = ("soft", "tlora", "rlora", "slora", "ilora")
@@ -83,14 +92,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
         data = dict(data)
-        exp = data.pop("experiment", {})
-        if not isinstance(exp, dict):
-            raise SpecError(f"[experiment]: expected a table, got {exp!r}")
-        allowed = {f.name for f in dataclasses.fields(ExperimentSpec)}
-        bad = set(exp) - allowed
-        if bad:
-            raise SpecError(f"unknown key experiment.{sorted(bad)[0]}: allowed keys in "
-                            "[experiment] are " + ", ".join(sorted(allowed)))
+        experiment = build_section(ExperimentSpec, data.pop("experiment", {}))
         base = default_system().to_dict()
         for name, table in data.items():
             if name not in SECTIONS:
@@ -99,7 +101,7 @@ class RunConfig:
             if not isinstance(table, dict):
                 raise SpecError(f"[{name}]: expected a table, got {table!r}")
             base[name].update(table)
-        return cls(ExperimentSpec(**exp), SystemSpec.from_dict(base))
+        return cls(experiment, SystemSpec.from_dict(base))
 
     def replace(self, **changes) -> RunConfig:
         """Copy with dotted-key changes (``experiment.method``, ``training.rounds``, ...)."""

@@ -74,7 +74,7 @@ def default_system() -> SystemSpec:
         "training.local_steps": 20,
         "training.batch_size": 32,
         "training.learning_rate": 3e-3,
-        "training.rounds": 60,
+        "training.rounds": 100,
         "control.budget_reference_rank": 8,
         "lora.rank_candidates": [1, 2, 4, 8, 16, 32],
         "lora.n_modules": 6, "lora.d_in": 64, "lora.d_out": 64,

@@ -67,7 +67,8 @@ Paired by seed (0, 1, 2), ILoRA - SOFT under the controller is +3.7, +1.4, +0.5 
 
 **At the default T = 100 (seed 0 only, same script with `--rounds` unset, V = 1 at the
 time):** ILoRA 0.603, SOFT under TSFA 0.601; at rho = 1/8 SOFT 0.533, TLoRA 0.619,
-RLoRA 0.594 (||Cov||_F at the last round 0.376, 0.042, 0.111). The gap at rho = 1/8 widens with training, and SOFT falls below RLoRA too.
+RLoRA 0.594 (||Cov||_F at the last round 0.376, 0.042, 0.111). The gap at rho = 1/8 widens
+with training, and SOFT falls below RLoRA too.
 
 **At rho = 1/8 SOFT is not above TLoRA**: TLoRA - SOFT is +3.9, +3.4, +4.1 points (every seed),
 SOFT - RLoRA is -0.2, +3.2, -1.5 (level within noise). Investigated, on seed 0 unless stated:

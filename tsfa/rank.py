@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import bound as bd
+from . import wireless as wl
 from .optim.result import INFEASIBLE, OPTIMAL, SolveResult
 from .spec import SystemSpec
 from .system import SystemInstance, equal_share_ergodic_rate_bps, realize
@@ -31,8 +32,9 @@ def component_bits(spec: SystemSpec, rank) -> np.ndarray:
     """S_1(r): bits of one rank component in every module, values plus index [bits]."""
     lo = spec.lora
     rank = np.asarray(rank, dtype=float)
-    idx = np.where(rank > 1, np.ceil(np.log2(np.maximum(rank, 1.0))), 0.0)
-    return lo.bits_per_param * lo.params_per_rank + lo.n_modules * idx
+    return wl.payload_bits_relaxed(rank, 1.0, params_per_rank=lo.params_per_rank,
+                                   n_modules=lo.n_modules, head_params=0,
+                                   bits_per_param=lo.bits_per_param) / rank
 
 
 def affordable_components(spec: SystemSpec, inst: SystemInstance, rank) -> np.ndarray:

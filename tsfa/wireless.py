@@ -130,8 +130,9 @@ def kept_components(rank: int, rho: ArrayLike) -> np.ndarray:
 
 
 def index_bits_per_component(rank: int) -> int:
-    """Bits to name one rank index out of ``r``: ``ceil(log2 r)`` (0 for r = 1)."""
-    return int(math.ceil(math.log2(rank))) if rank > 1 else 0
+    """Bits to name one index out of ``rank`` items: ``ceil(log2 rank)`` (0 for 1), exact for
+    any integer (``(rank - 1).bit_length()``, no floating-point log)."""
+    return (int(rank) - 1).bit_length()
 
 
 def full_factor_bits(rank: ArrayLike, params_per_rank: int, bits_per_param: int) -> np.ndarray:

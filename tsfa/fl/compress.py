@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from tsfa.wireless import index_bits_per_component, kept_components
+
 Tensor = torch.Tensor
 Factors = list[tuple[Tensor, Tensor]]  # per module: (B (d_out, r), A (r, d_in))
 Message = list[tuple[Tensor, ...]]  # per module: (dB, dA) or (dW,)
@@ -35,12 +37,12 @@ def n_keep(rho: float, r: int) -> int:
     """Rank components sent per module: n = max(1, ceil(rho r)), rho in (0, 1] (paper.md §1)."""
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho = {rho!r} is invalid; allowed: 0 < rho <= 1")
-    return max(1, min(r, math.ceil(rho * r - 1e-9)))
+    return int(kept_components(r, rho))
 
 
 def index_bits(n: int) -> int:
-    """Bits of one index into n items: ceil(log2 n) (0 for n = 1)."""
-    return (int(n) - 1).bit_length()
+    """Bits of one index into n items: ceil(log2 n) (0 for n = 1); see tsfa.wireless."""
+    return index_bits_per_component(n)
 
 
 @dataclass(frozen=True, eq=False)

@@ -187,6 +187,20 @@ def train_cmd(
     console.print(f"results in {out}")
 
 
+def _write_control(out: Path, spec, rep: dict, **extra) -> None:
+    """Controller results: config + metadata, per-round and summary CSV, latency/queue PNG."""
+    from .plots import control_traces
+    from .results import prepare_dir, write_table
+
+    path = prepare_dir(out, spec.to_toml(), spec.clients.seed, rank=rep["rank"], V=rep["V"],
+                       **extra)
+    write_table(rep["rounds"], path / "rounds.csv")
+    write_table(rep["summary"], path / "summary.csv")
+    fig = control_traces(rep["rounds"], rep["budget_s"],
+                         f"TSFA controller, r = {rep['rank']}, V = {rep['V']:g}")
+    fig.savefig(path / "control_traces.png", dpi=200)
+
+
 @app.command("control")
 def control_cmd(
     spec: SpecArg = None,
@@ -212,16 +226,7 @@ def control_cmd(
     if rep["status"] != "optimal":
         _fail(f"offline stage {rep['status']}: {rep['message']}")
     if out is not None:
-        from .plots import control_traces
-        from .results import prepare_dir, write_table
-
-        path = prepare_dir(out, s.to_toml(), s.clients.seed, rank=rep["rank"], V=rep["V"],
-                           solver=solver, rounds=rounds)
-        write_table(rep["rounds"], path / "rounds.csv")
-        write_table(rep["summary"], path / "summary.csv")
-        fig = control_traces(rep["rounds"], rep["budget_s"],
-                             f"TSFA controller, r = {rep['rank']}, V = {rep['V']:g}")
-        fig.savefig(path / "control_traces.png", dpi=200)
+        _write_control(out, s, rep, solver=solver, rounds=rounds)
     if json_out:
         print_json({k: v2 for k, v2 in rep.items() if k != "rounds"}
                    | {"rounds": rounds_as_records(rep["rounds"])})
@@ -249,7 +254,6 @@ def run_cmd(
     """
     from .fl.experiment import load_run_config
     from .fl.loop import train
-    from .plots import control_traces
     from .report import control_report, rank_report
     from .results import prepare_dir, write_table
     from .spec import SystemSpec
@@ -265,11 +269,7 @@ def run_cmd(
 
     console.print(f"[bold]2/3 online stage[/bold]: controller over {control_rounds} rounds")
     ctl = control_report(spec, control_rounds)
-    path = prepare_dir(out / "control", spec.to_toml(), spec.clients.seed, rank=ctl["rank"])
-    write_table(ctl["rounds"], path / "rounds.csv")
-    write_table(ctl["summary"], path / "summary.csv")
-    control_traces(ctl["rounds"], ctl["budget_s"], f"r = {ctl['rank']}, V = {ctl['V']:g}").savefig(
-        path / "control_traces.png", dpi=200)
+    _write_control(out / "control", spec, ctl, rounds=control_rounds)
     print_frame(ctl["summary"][["client", "latency_ratio", "mean_rho", "mean_bandwidth_share"]],
                 "time-averaged latency / budget per client")
 

@@ -13,11 +13,21 @@ and the table to ``docs/methods.md``. Finished runs are cached in ``--cache`` (a
 its ``rounds.csv`` is reused), so re-running adds seeds or regenerates the table only.
 
     python analysis/compare_methods.py --seeds 0 1 2 --jobs 2
+
+``--task fashion_mnist`` runs the same comparison on the realistic offline protocol (backbone
+pre-trained once, before any run, into ``--cache`` and shared by every run and seed through
+``experiment.pretrained``); give it its own ``--out``; docs/methods.md is written for the
+synthetic task only. ``--rho-only`` runs ILoRA and the rho = 1/8 group, without ablations:
+
+    python analysis/compare_methods.py --task fashion_mnist --rho-only --rounds 20 --seeds 0 1 \
+        --jobs 1 --out analysis/results/fashion_rho
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -29,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsfa.fl.experiment import RunConfig
+from tsfa.fl.experiment import TASKS, RunConfig
 from tsfa.results import prepare_dir, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +160,7 @@ def summarise(folder: Path, group: str, method: str, seed: int, last: int = 5) -
             "clients_within_budget": int((per_client["lat"] <= per_client["budget"] * 1.001).sum()),
             "num_clients": int(len(per_client)),
             "rounds": int(len(rounds)),
+            "final_cov_fro": float(rounds["cov_fro"].iloc[-1]),
             "wall_s": float(elapsed.read_text()) if elapsed.exists() else float("nan")}
 
 
@@ -162,7 +173,7 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
                 bits_per_client_round=("bits_per_client_round", "mean"),
                 mean_latency_s=("mean_latency_s", "mean"), mean_budget_s=("mean_budget_s", "mean"),
                 clients_within_budget=("clients_within_budget", "mean"),
-                wall_s=("wall_s", "mean"))
+                final_cov_fro=("final_cov_fro", "mean"), wall_s=("wall_s", "mean"))
     return out.reset_index()
 
 
@@ -243,20 +254,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--ablation-seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--jobs", type=int, default=2, help="parallel runs (one torch thread each)")
-    ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "compare_methods")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="run folders (default runs/compare_methods, + _TASK for other tasks)")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--doc", type=Path, default=DOC, help="written for the synthetic task only")
     ap.add_argument("--rounds", type=int, default=None, help="override training.rounds")
+    ap.add_argument("--task", choices=TASKS, default="synthetic")
+    ap.add_argument("--rho-only", action="store_true",
+                    help="ILoRA and the rho = 1/8 group only, no ablations")
     ap.add_argument("--table-only", action="store_true", help="summarise finished runs only")
     args = ap.parse_args(argv)
+    synthetic = args.task == "synthetic"
+    if not synthetic and args.out.resolve() == OUT.resolve():
+        raise SystemExit(f"--task {args.task}: give --out (not the synthetic results {OUT})")
+    if args.cache is None:
+        args.cache = ROOT / "runs" / ("compare_methods" + ("" if synthetic else f"_{args.task}"))
 
-    base = RunConfig()
+    base = RunConfig().replace(**{"experiment.task": args.task})
     if args.rounds is not None:
         base = base.replace(**{"training.rounds": args.rounds})
+    backbone = None
+    if args.task == "fashion_mnist":  # one backbone for every run and seed (tsfa.fl.tasks)
+        backbone = args.cache.resolve() / "backbone_fmnist_classes0-4.pt"
+        base = base.replace(**{"experiment.pretrained": str(backbone)})
+    runs_list = [r for r in RUNS if r[1] == "ilora" or r[0] == "rho=1/8"] if args.rho_only else RUNS
     todo, done = [], []
     # seed-major order, so a partial sweep still has every method for the first seeds
-    plan = [(seed, run) for seed in args.seeds for run in RUNS]
-    plan += [(seed, run) for seed in args.ablation_seeds for run in ABLATION_RUNS]
+    plan = [(seed, run) for seed in args.seeds for run in runs_list]
+    if not args.rho_only:
+        plan += [(seed, run) for seed in args.ablation_seeds for run in ABLATION_RUNS]
     for seed, (group, method, controller) in plan:
         folder = args.cache / run_name(group, method, seed)
         cfg = run_config(base, group, method, controller, seed)
@@ -266,6 +292,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.table_only and todo:
         for *_, folder, _ in todo:
             shutil.rmtree(folder, ignore_errors=True)
+        if backbone is not None and not backbone.exists():  # pre-train once, before the runs
+            import torch
+
+            from tsfa.fl.tasks import build_task
+
+            torch.set_num_threads(1)
+            clients = base.system.clients
+            build_task(base.experiment, clients.num_clients, clients.dirichlet_alpha)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for f in pool.map(_run, [(cfg, folder) for *_, folder, cfg in todo]):
                 print("finished", f, flush=True)
@@ -288,14 +322,22 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = (f"{os.cpu_count()} CPU cores, {platform.platform()}, Python "
                f"{platform.python_version()}, load average {load:.1f} at the end (shared machine)")
+    extra = {}
+    if backbone is not None:
+        sidecar = backbone.with_suffix(".json")
+        extra["backbone"] = {"path": str(backbone),
+                             "sha256": hashlib.sha256(backbone.read_bytes()).hexdigest(),
+                             "pretraining": json.loads(sidecar.read_text())
+                             if sidecar.exists() else None}
     prepare_dir(args.out, base.to_toml(), None, seeds=seeds, fixed_rho=FIXED_RHO,
                 runs=[run_name(g, m, s) for g, m, s in zip(runs.group, runs.method, runs.seed,
                                                             strict=True)],
-                machine=machine)
+                machine=machine, task=args.task, **extra)
     write_table(runs, args.out / "runs.csv")
     write_table(tab, args.out / "table.csv")
     write_table(curves, args.out / "curves.csv")
-    args.doc.write_text(markdown(tab, base, seeds, machine), encoding="utf-8")
+    if synthetic:
+        args.doc.write_text(markdown(tab, base, seeds, machine), encoding="utf-8")
     print(tab.to_string(index=False))
 
 

@@ -179,3 +179,28 @@ def test_pretrain_backbone_caches_and_loads(tmp_path):
     fed = ViT(SMALL.vit)  # federated model on the other classes: all but the head loaded
     report = load_pretrained(fed, path)
     assert set(report.missing) == {"head.weight", "head.bias"} and not report.unexpected
+
+
+def test_fashion_task_uses_given_backbone_as_is(tmp_path):
+    """experiment.pretrained, if the file exists, is the backbone of every seed: loaded, never
+    re-trained nor overwritten (so runs of several seeds share one pre-trained backbone)."""
+    from tsfa.fl.experiment import ExperimentSpec
+    from tsfa.fl.tasks import build_model, build_task
+
+    rng = np.random.default_rng(2)
+    for stem, n in (("train", 40), ("t10k", 20)):
+        (tmp_path / f"{stem}-images-idx3-ubyte").write_bytes(idx_bytes(rng.integers(0, 256, (n, 28, 28))))
+        (tmp_path / f"{stem}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(n) % 10))
+    state = ViT(ViTConfig.tiny(num_classes=5, image_size=28, in_chans=1)).state_dict()
+    path = tmp_path / "backbone.pt"
+    torch.save(state, path)
+    mtime = path.stat().st_mtime_ns
+    for seed in (0, 1):
+        exp = ExperimentSpec(task="fashion_mnist", data_dir=str(tmp_path), pretrained=str(path),
+                             seed=seed, num_train=20, num_test=10)
+        task = build_task(exp, num_clients=2, dirichlet_alpha=1.0)
+        assert task.train.num_classes == 5 and len(task.train.labels) == 20
+        model = build_model(task, exp)
+        torch.testing.assert_close(model.state_dict()["blocks.0.attn.query.weight"],
+                                   state["blocks.0.attn.query.weight"])
+    assert path.stat().st_mtime_ns == mtime and not path.with_suffix(".json").exists()

@@ -5,7 +5,8 @@ Three tasks (paper.md §7; the real data sets load from local files only, never 
 * ``synthetic`` (default, embedded): the teacher task of :mod:`tsfa.fl.synthetic`, whose ideal
   update has a known spectrum, so eps(r) is exact;
 * ``fashion_mnist``: "pretrained backbone, then federated LoRA": a tiny ViT pre-trained centrally
-  on classes 0-4 (cached next to the data), fine-tuned federated on classes 5-9;
+  on classes 0-4 (cached under ~/.cache/tsfa, or loaded from ``experiment.pretrained`` if that
+  file exists), fine-tuned federated on classes 5-9;
 * ``cifar100``: the ``cifar-100-python`` files; a backbone from ``experiment.pretrained`` if given.
 """
 
@@ -22,7 +23,7 @@ from tsfa.fl.data import FASHION_MNIST_DIR, ArrayDataset, load_cifar100, load_fa
 from tsfa.fl.experiment import ExperimentSpec
 from tsfa.fl.partition import dirichlet_partition
 from tsfa.fl.synthetic import SyntheticConfig, make_synthetic_task, pretrain_backbone
-from tsfa.fl.vit import ViT, ViTConfig, load_pretrained
+from tsfa.fl.vit import ViT, ViTConfig, load_pretrained, read_state_dict
 from tsfa.rng import substream
 
 
@@ -60,7 +61,10 @@ def build_task(exp: ExperimentSpec, num_clients: int, dirichlet_alpha: float) ->
         vit = ViTConfig.tiny(num_classes=5, image_size=28, in_chans=1)
         cache = Path(exp.pretrained) if exp.pretrained else (
             Path.home() / ".cache" / "tsfa" / "fmnist_tiny_vit_classes0-4.pt")
-        backbone = pretrain_backbone(vit, full_train, range(5), cache, seed=exp.seed)
+        # a given weights file is used as is (never re-trained nor overwritten), so every run
+        # and seed can share one backbone; else pre-trained with this seed and cached
+        backbone = (read_state_dict(cache) if exp.pretrained and cache.exists()
+                    else pretrain_backbone(vit, full_train, range(5), cache, seed=exp.seed))
         train = _subsample(select_classes(full_train, range(5, 10)), exp.num_train, rng)
         test = _subsample(select_classes(full_test, range(5, 10)), exp.num_test, rng)
         spectrum, note = None, f"backbone pre-trained on classes 0-4, cached at {cache}"

@@ -42,30 +42,46 @@ def _instances(n=200, seed=2026):
 def test_joint_matches_cvxpy_on_200_instances():
     """Joint (global, reduced convex) vs CVXPY/CLARABEL, both scored by P2Problem.objective.
 
-    At least 195/200 CLARABEL solves must be "optimal" and every one of those must agree with the
-    joint solver to 1e-6 relative objective (measured: 198/200 optimal, max gap 2e-7). The
-    remaining instances are deep low-SNR ones (g/s < 1e-4, see tsfa/optim/p2_cvxpy.py); even there
-    the joint solution is never worse than CVXPY's.
+    Every one of the 200 instances must come back with a solution ("optimal", or
+    "optimal_inaccurate" when no attempt certifies optimality) agreeing with the joint solver to
+    1e-6 relative objective, never below it; at least 195 must be certified "optimal".
+    Measured: 199 optimal, 1 optimal_inaccurate (deep low SNR, K = 200), max gap 5e-7.
     """
     models: dict = {}
-    gaps, other = [], []
+    gaps, uncertified = [], []
     for i, p in enumerate(_instances()):
         key = (p.n_clients, p.phi)
         models.setdefault(key, CvxpyP2(*key))  # DPP: built once per shape, re-solved
         ref = models[key].solve(p)
         joint = solve_joint(p)
         assert joint.status == "optimal"
+        assert ref.ok, (i, ref.status, ref.message)
         if ref.status != "optimal":
-            other.append((i, ref.status))
-            if ref.ok:
-                assert ref.objective >= joint.objective * (1 - 1e-6), i
-            continue
+            uncertified.append((i, ref.status))
         rel = (ref.objective - joint.objective) / max(abs(joint.objective), 1e-300)
         assert rel >= -1e-6, (i, rel)  # the global optimum is never beaten
         assert abs(rel) <= 1e-6, (i, rel)
         gaps.append(abs(rel))
-    assert len(gaps) >= 195, other
-    print(f"cvxpy optimal: {len(gaps)}/200 (max rel gap {max(gaps):.1e}); others: {other}")
+    assert len(gaps) == 200
+    assert len(uncertified) <= 5, uncertified
+    print(f"cvxpy vs joint: max rel gap {max(gaps):.1e}; not certified optimal: {uncertified}")
+
+
+def test_cvxpy_solve_does_not_depend_on_earlier_solves():
+    """A re-used DPP model gives what a fresh one gives (CLARABEL is started cold each solve).
+
+    Regression: with CVXPY's default warm start, the CLARABEL instance of the previous solve was
+    updated in place and instance 107 failed after instances 7 and 57 (same shape, K = 200).
+    """
+    inst = list(_instances())
+    reused = CvxpyP2(200, "inv_sq")
+    for i in (7, 57):
+        assert reused.solve(inst[i]).status == "optimal"
+    after = reused.solve(inst[107])
+    fresh = CvxpyP2(200, "inv_sq").solve(inst[107])
+    assert after.status == fresh.status
+    assert after.objective == fresh.objective
+    np.testing.assert_array_equal(after.bandwidth_hz, fresh.bandwidth_hz)
 
 
 @pytest.mark.parametrize("phi", ["inv", "inv_sq", "linear"])

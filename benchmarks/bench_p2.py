@@ -2,7 +2,10 @@
 
 Run: ``python benchmarks/bench_p2.py``. Times are medians over repeats of one solve on a
 seeded instance (CVXPY: model built once, the re-solve is timed, as the controller does it).
-CVXPY is skipped above K = 1,000 (it takes seconds per solve there).
+CVXPY is skipped above K = 1,000 (it takes seconds per solve there). A second table repeats the
+K = 100 comparison on 12 further seeded instances: CVXPY's time varies by an order of magnitude
+between instances (its cascade of CLARABEL attempts, see tsfa/optim/p2_cvxpy.py), so one
+instance's ratio says little; the spread (min, median, max) is printed.
 """
 
 from __future__ import annotations
@@ -55,8 +58,32 @@ def main(sizes=(10, 100, 1000, 10000), cvxpy_max_k=1000) -> pd.DataFrame:
     return df
 
 
+def instance_spread(k: int = 100, n: int = 12, seed0: int = 1000) -> pd.DataFrame:
+    """Per-instance times and ratios at ``K = k`` on ``n`` seeded instances (seeds seed0...)."""
+    model = CvxpyP2(k)
+    rows = []
+    for seed in range(seed0, seed0 + n):
+        p = make_instance(np.random.default_rng(seed), k, "inv")
+        model.solve(p)
+        ref = model.solve(p)
+        rows.append({"seed": seed, "analytic_ms": _median_ms(lambda p=p: solve_bcd(p), 100),
+                     "joint_ms": _median_ms(lambda p=p: solve_joint(p), 100),
+                     "cvxpy_ms": _median_ms(lambda p=p: model.solve(p), 10),
+                     "cvxpy_status": ref.status})
+    df = pd.DataFrame(rows)
+    df["cvxpy/analytic"] = df["cvxpy_ms"] / df["analytic_ms"]
+    df["cvxpy/joint"] = df["cvxpy_ms"] / df["joint_ms"]
+    return df
+
+
 if __name__ == "__main__":
     print(platform.platform(), platform.processor(), f"python {platform.python_version()}",
           f"cpus {os.cpu_count()}", "load avg before: " + _load())
     print(main().to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    spread = instance_spread()
+    print("\nK = 100, 12 seeded instances:")
+    print(spread.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    ratios = spread[["cvxpy/analytic", "cvxpy/joint"]]
+    print("ratio min / median / max:")
+    print(ratios.agg(["min", "median", "max"]).to_string(float_format=lambda x: f"{x:.3g}"))
     print("load avg after: " + _load())

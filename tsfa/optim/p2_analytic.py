@@ -129,6 +129,10 @@ def solve_bcd(p: P2Problem, *, max_iter: int = 500, tol: float = 1e-10,
             rho, status = rho_new, OPTIMAL
             lam = float(np.max(_marginal(sc, rho, s), initial=0.0))
             break
+        if it > 1 and np.max(np.abs(rho_new - rho)) < tol:
+            # rho did not move: the last w-step is already exact for it (a fixed point)
+            rho, status = rho_new, OPTIMAL
+            break
         out = None
         if n_act:  # w-step: KKT water-filling at fixed rho, Newton warm-started from the last u
             out = joint_newton(sel(sc.g), sel(sc.q), sel(sc.pv), sc.a_s, sc.h_s, sc.s_min, budget,

@@ -95,10 +95,27 @@ SOFT - RLoRA is -0.2, +3.2, -1.5 (level within noise). Investigated, on seed 0 u
    mass applies a single client's accumulated error-feedback memory at full weight.
 5. Covariance: the logged ||Cov||_F of SOFT at rho = 1/8 is 0.37-0.47 against 0.06-0.10 for
    TLoRA: each client sends whole (b_i, a_i) pairs, different clients different i, so the
-   separately aggregated product misses more (paper.md §2's covariance term). This, and AdamW's
-   sign-like steps giving every rank component similar energy (so choosing components is little
-   better than choosing at random, while element top-k exploits per-element spread), are
-   plausible causes; they are hypotheses, not tested here (SGD was not run).
+   separately aggregated product misses more (paper.md §2's covariance term).
+6. Optimiser: with plain SGD instead of AdamW (T = 30, seed 0, rho = 1/8) SOFT still trails
+   TLoRA: lr 0.05 0.247 vs 0.272, lr 0.5 0.274 vs 0.311 (so AdamW's sign-like steps are not the
+   cause; one-off runs by hand, not produced by this script).
+7. What each compressor delivers (`python analysis/compression_capture.py`, seed 0, T = 30,
+   results in analysis/results/compression_capture/): per upload TLoRA delivers 0.41 of the
+   compensated update's factor energy and 0.45 of its product-space change, SOFT 0.25 and 0.33,
+   RLoRA 0.125 and 0.11; applied to the *same* pending update as SOFT's, TLoRA would deliver
+   0.52 of its product change. SOFT's selection is near-optimal for its own unit (0.945 of the
+   best single component's share, the best one in 76% of uploads), but one rank-1 component
+   holds only ~0.30 of the update's component energy against ~0.73 for the best rank-1 (SVD)
+   approximation: the energy is spread over the 8 components and they overlap (coherence 1.6).
+   After separate aggregation at the server SOFT delivers 0.23 of the averaged product change,
+   TLoRA 0.41. This explains TLoRA > SOFT; it does not explain SOFT ~ RLoRA in accuracy.
+8. Realistic protocol (Fashion-MNIST, backbone pre-trained on classes 0-4, federated LoRA on
+   5-9; `python analysis/compare_methods.py --task fashion_mnist --rho-only --rounds 20 --seeds 0 1`,
+   results in analysis/results/fashion_rho/): at rho = 1/8 SOFT 0.586, TLoRA 0.751, RLoRA 0.598,
+   ILoRA (rho = 1) 0.746 (final, mean of 2 seeds): the same order as here, with a wider gap.
+So on both tasks we have, with error feedback on every method and element-wise top-k counted
+at the same number of values (TLoRA sends ~15-21% more bits for its indices), the paper's
+expected order (SOFT above TLoRA and RLoRA at small rho) is not reproduced.
 """
 RUNS = ([("controller", "ilora", "fixed")]
         + [("controller", m, "tsfa") for m in ("soft", "tlora", "rlora", "slora")]

@@ -134,26 +134,20 @@ class CvxpyP2:
             return SolveResult(INFEASIBLE, math.nan, {}, {}, 0, 0.0, name, p.infeasibility)
         default = self.solver == "CLARABEL" and not solver_opts
         attempts = _ATTEMPTS if default else [(_UNITS[0], dict(solver_opts))]
-        best, errors, iters = None, [], 0
+        best, failed, iters = None, None, 0
         for unit, opts in attempts:
             res = self._solve_once(p, unit, opts)
             iters += res.iterations
-            if not res.ok:
-                errors.append(res.message)
-                continue
-            if best is None or res.objective < best.objective or (
-                    res.status == OPTIMAL and best.status != OPTIMAL):
-                best = res
             if res.status == OPTIMAL:
                 best = res
                 break
-        dt = time.perf_counter() - t0
-        if best is None:
-            status = SOLVER_ERROR if any("failed" in e for e in errors) else (
-                self.problem.status or SOLVER_ERROR)
-            return SolveResult(status, math.nan, {}, {}, iters, dt, name, "; ".join(
-                dict.fromkeys(errors)))
-        return dataclasses.replace(best, iterations=iters, solve_time_s=dt, solver=name)
+            if not res.ok:
+                failed = res
+            elif best is None or res.objective < best.objective:
+                best = res
+        out = best if best is not None else failed  # no usable solution: the last failure
+        return dataclasses.replace(out, iterations=iters, solve_time_s=time.perf_counter() - t0,
+                                   solver=name)
 
     def _solve_once(self, p: P2Problem, unit: tuple[float, float], opts: dict) -> SolveResult:
         """One solve with bandwidth unit ``sigma_k = max(min(g_k, c / K), f s_min)``."""

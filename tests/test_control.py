@@ -91,7 +91,7 @@ def default_system():
 
 
 def test_default_spec_long_run_meets_latency_budgets(default_system):
-    """Default SystemSpec (w_min = 1 kHz, V = control.V), joint solver, 2,000 i.i.d. Rayleigh
+    """Default SystemSpec (w_min = 20 kHz, V = control.V), joint solver, 2,000 i.i.d. Rayleigh
     rounds: every client's time-averaged latency within budget x 1.01 (measured max 1.0002)."""
     ctrl = default_system["make"]()
     assert isinstance(ctrl, LyapunovController) and ctrl.solver == "joint"

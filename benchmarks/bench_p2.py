@@ -38,24 +38,34 @@ def _median_ms(fn, repeats):
     return 1e3 * float(np.median(times))
 
 
+def _times(p, reps: int, model=None, cvxpy_reps: int = 0) -> dict:
+    """Median solve times [ms] of BCD, joint and (if ``model``) the CVXPY re-solve on ``p``."""
+    row = {"analytic_ms": _median_ms(lambda: solve_bcd(p), reps),
+           "joint_ms": _median_ms(lambda: solve_joint(p), reps),
+           "cvxpy_ms": np.nan}
+    if model is not None:
+        row["cvxpy_ms"] = _median_ms(lambda: model.solve(p), cvxpy_reps)
+    return row
+
+
+def _with_ratios(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df["cvxpy/analytic"] = df["cvxpy_ms"] / df["analytic_ms"]
+    df["cvxpy/joint"] = df["cvxpy_ms"] / df["joint_ms"]
+    return df
+
+
 def main(sizes=(10, 100, 1000, 10000), cvxpy_max_k=1000) -> pd.DataFrame:
     rows = []
     for k in sizes:
         p = make_instance(np.random.default_rng(k), k, "inv")
         reps = 300 if k <= 100 else (50 if k <= 1000 else 15)
-        row = {"K": k, "analytic_ms": _median_ms(lambda p=p: solve_bcd(p), reps),
-               "joint_ms": _median_ms(lambda p=p: solve_joint(p), reps)}
+        model = None
         if k <= cvxpy_max_k:
             model = CvxpyP2(k)
             model.solve(p)  # first solve compiles the DPP mapping
-            row["cvxpy_ms"] = _median_ms(lambda m=model, p=p: m.solve(p), 40 if k < 1000 else 5)
-        else:
-            row["cvxpy_ms"] = np.nan
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    df["cvxpy/analytic"] = df["cvxpy_ms"] / df["analytic_ms"]
-    df["cvxpy/joint"] = df["cvxpy_ms"] / df["joint_ms"]
-    return df
+        rows.append({"K": k, **_times(p, reps, model, 40 if k < 1000 else 5)})
+    return _with_ratios(rows)
 
 
 def instance_spread(k: int = 100, n: int = 12, seed0: int = 1000) -> pd.DataFrame:
@@ -64,16 +74,9 @@ def instance_spread(k: int = 100, n: int = 12, seed0: int = 1000) -> pd.DataFram
     rows = []
     for seed in range(seed0, seed0 + n):
         p = make_instance(np.random.default_rng(seed), k, "inv")
-        model.solve(p)
-        ref = model.solve(p)
-        rows.append({"seed": seed, "analytic_ms": _median_ms(lambda p=p: solve_bcd(p), 100),
-                     "joint_ms": _median_ms(lambda p=p: solve_joint(p), 100),
-                     "cvxpy_ms": _median_ms(lambda p=p: model.solve(p), 10),
-                     "cvxpy_status": ref.status})
-    df = pd.DataFrame(rows)
-    df["cvxpy/analytic"] = df["cvxpy_ms"] / df["analytic_ms"]
-    df["cvxpy/joint"] = df["cvxpy_ms"] / df["joint_ms"]
-    return df
+        ref = model.solve(p)  # also the untimed first solve
+        rows.append({"seed": seed, **_times(p, 100, model, 10), "cvxpy_status": ref.status})
+    return _with_ratios(rows)
 
 
 if __name__ == "__main__":

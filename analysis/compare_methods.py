@@ -1,6 +1,6 @@
-"""All five uplink methods on the embedded synthetic task at the same budget (paper.md §6, §7).
+"""All five uplink methods on the embedded synthetic task at the same budget (docs/model.md §6, §7).
 
-Two groups of runs of the default :class:`~tsfa.fl.experiment.RunConfig` (same rank, data,
+Two groups of runs of the default :class:`~tsfa.config.experiment.RunConfig` (same rank, data,
 partition and fading draws per seed; only the compressor and the policy change):
 
 * ``controller``: SOFT, TLoRA, RLoRA, SLoRA under the TSFA controller (the same latency budget
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsfa.fl.experiment import TASKS, RunConfig
-from tsfa.results import prepare_dir, write_table
+from tsfa.config.experiment import TASKS, RunConfig
+from tsfa.reporting.results import prepare_dir, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "results" / "compare_methods"
@@ -99,7 +99,7 @@ SOFT - RLoRA is -0.2, +3.2, -1.5 (level within noise). Investigated, on seed 0 u
    weight.
 5. Covariance: the logged ||Cov||_F of SOFT at rho = 1/8 is 0.37-0.47 against 0.06-0.10 for
    TLoRA: each client sends whole (b_i, a_i) pairs, different clients different i, so the
-   separately aggregated product misses more (paper.md §2's covariance term).
+   separately aggregated product misses more (docs/model.md §2's covariance term).
 6. Optimiser: with plain SGD instead of AdamW (T = 30, seed 0, rho = 1/8) SOFT still trails
    TLoRA: lr 0.05 0.247 vs 0.272, lr 0.5 0.274 vs 0.311 (so AdamW's sign-like steps are not the
    cause; one-off runs by hand, not produced by this script).
@@ -124,7 +124,7 @@ expected order (SOFT above TLoRA and RLoRA at small rho) is not reproduced.
 RUNS = ([("controller", "ilora", "fixed")]
         + [("controller", m, "tsfa") for m in ("soft", "tlora", "rlora", "slora")]
         + [("rho=1/8", m, "fixed") for m in ("soft", "tlora", "rlora")])
-# ablations at rho = 1/8 (paper.md §5 variants), run for --ablation-seeds only
+# ablations at rho = 1/8 (docs/model.md §5 variants), run for --ablation-seeds only
 ZETAS = {"0": 0.0, "1e-2": 1e-2, "1e-1": 1e-1, "1": 1.0}  # SOFT's orthogonality weight (default 1e-3)
 ABLATIONS = {"rho=1/8 normalised": {"soft.aggregation": "normalised"},
              **{f"rho=1/8 zeta={z}": {"soft.zeta": v} for z, v in ZETAS.items()}}
@@ -225,7 +225,7 @@ def markdown(tab: pd.DataFrame, base: RunConfig, seeds: list[int], machine: str)
         "seed are identical across methods).",
         "- *controller*: SOFT, TLoRA, RLoRA and SLoRA under the TSFA Lyapunov controller with "
         "the same per-client budget Tbar_k; ILoRA sends everything (rho = 1, equal bandwidth) "
-        "with no latency constraint (paper.md §6), so its latency exceeds the budget by design.",
+        "with no latency constraint (docs/model.md §6), so its latency exceeds the budget by design.",
         f"- *rho=1/8*: fixed rho = {FIXED_RHO:g} for every client, equal bandwidth.",
         "- accuracy: test accuracy after the last round (mean ± std over seeds); last 5: mean of "
         "the last five rounds; bits: LoRA payload + head + indices per client per round; "

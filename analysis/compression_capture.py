@@ -1,8 +1,8 @@
 """How much of each client's pending (error-feedback compensated) update does each compressor
 deliver per round, in factor space and in product space? (issue 4: SOFT vs TLoRA vs RLoRA at a
-fixed rho = 1/8, paper.md §5-§6.)
+fixed rho = 1/8, docs/model.md §5-§6.)
 
-The default :class:`~tsfa.fl.experiment.RunConfig` (embedded synthetic task) is run round by round
+The default :class:`~tsfa.config.experiment.RunConfig` (embedded synthetic task) is run round by round
 through the public pieces of :class:`~tsfa.fl.loop.Trainer` (``decide``, ``client_update``,
 ``finish_round``): exactly the trajectory of ``tsfa train --method M --controller fixed --rho P``.
 Nothing in tsfa/ is changed. For every round t, client k and LoRA module m, with B, A the round's
@@ -31,7 +31,7 @@ Server side, per round and module (``server.csv``), with p_k the client weights:
 stacked), ``server_product_capture`` = 1 - ||Pbar - P_applied||^2 / ||Pbar||^2 with
 Pbar = sum_k p_k P_{M,k} (the mean of what the clients wanted in product space) and
 P_applied = B^{t+1} A^{t+1} - B^t A^t, and ``server_full_product_capture`` the same for separate
-aggregation of the full M_k (the covariance loss of paper.md §2 without any compression).
+aggregation of the full M_k (the covariance loss of docs/model.md §2 without any compression).
 
 Outputs in ``analysis/results/compression_capture/``: ``capture.csv`` (tidy: round, method,
 client, module, metrics), ``server.csv``, ``rounds.csv`` (the runs' own per-round log),
@@ -51,11 +51,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tsfa.config.experiment import RunConfig
 from tsfa.fl.compress import COMPRESSORS, decode, n_keep
-from tsfa.fl.experiment import RunConfig
 from tsfa.fl.loop import Trainer
 from tsfa.fl.lora import get_factors
-from tsfa.results import prepare_dir, write_table
+from tsfa.reporting.results import prepare_dir, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "results" / "compression_capture"

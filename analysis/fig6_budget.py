@@ -1,6 +1,6 @@
 """Figure 6: accuracy vs latency budget, TSFA vs single-stage variants.
 
-paper.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
+docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
 
 Configuration: analysis/fig6_budget.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
 hash of their resolved config and reused; the figure is plotted from the saved results.
@@ -8,7 +8,7 @@ hash of their resolved config and reused; the figure is plotted from the saved r
     python analysis/fig6_budget.py --out figures --size quick
 """
 
-from tsfa.figures import script_main
+from tsfa.reporting.figures import script_main
 
 if __name__ == "__main__":
     script_main("fig6_budget")

@@ -1,6 +1,6 @@
 """Figure 7: client compression time per round, SOFT vs SLoRA.
 
-paper.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
+docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
 
 Configuration: analysis/fig7_client_compute.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
 hash of their resolved config and reused; the figure is plotted from the saved results.
@@ -8,7 +8,7 @@ hash of their resolved config and reused; the figure is plotted from the saved r
     python analysis/fig7_client_compute.py --out figures --size quick
 """
 
-from tsfa.figures import script_main
+from tsfa.reporting.figures import script_main
 
 if __name__ == "__main__":
     script_main("fig7_client_compute")

@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (notebook cell sources are kept one statement per line)
 """Write the sensitivity notebooks of notebooks/ with nbformat (outputs stripped).
 
-The notebooks call tsfa.analysis only; they hold no logic. TSFA_NB_SMALL=1 makes them run at a
+The notebooks call tsfa.experiments.runs only; they hold no logic. TSFA_NB_SMALL=1 makes them run at a
 small size (the test suite executes them so). Re-run after editing: python analysis/make_notebooks.py
 """
 
@@ -18,12 +18,12 @@ SMALL = os.environ.get("TSFA_NB_SMALL") == "1"  # the test suite runs the notebo
 NOTEBOOKS = {
     "01_optimal_rank_sensitivity.ipynb": [
         ("md", "# Optimal rank r* vs bandwidth, latency budget, number of clients and SNR\n\n"
-               "The offline stage (paper.md §3) picks r* = argmin J(r). Budgets are frozen at the "
+               "The offline stage (docs/model.md §3) picks r* = argmin J(r). Budgets are frozen at the "
                "default spec's realised values (seconds) so that they do not move with the rate. "
                + NOTE),
         ("code", PARAMS),
         ("code", "import numpy as np\nimport matplotlib.pyplot as plt\nimport tsfa\n"
-                 "from tsfa import analysis as an\n\nspec = tsfa.SystemSpec()\n"
+                 "from tsfa.experiments import runs as an\n\nspec = tsfa.SystemSpec()\n"
                  "n = 5 if SMALL else 17\n"
                  "print('default r* =', tsfa.optimal_rank(spec).solution['rank'])"),
         ("md", "## Total bandwidth W_tot"),
@@ -44,10 +44,10 @@ NOTEBOOKS = {
     ],
     "02_bound_terms.ipynb": [
         ("md", "# The bound's term breakdown\n\nJ(r) = rank + covariance + sparsification "
-               "(paper.md §2-§3), per candidate rank, and the full six-term bound at r*. " + NOTE),
+               "(docs/model.md §2-§3), per candidate rank, and the full six-term bound at r*. " + NOTE),
         ("code", PARAMS),
         ("code", "import matplotlib.pyplot as plt\nimport pandas as pd\nimport tsfa\n"
-                 "from tsfa import analysis as an\nfrom tsfa.report import bound_report\n\n"
+                 "from tsfa.experiments import runs as an\nfrom tsfa.reporting.report import bound_report\n\n"
                  "spec = tsfa.SystemSpec()\nterms = an.term_breakdown(spec)\nterms"),
         ("code", "rep = bound_report(spec)\nprint('r* =', rep['rank'], ' mean rho =', rep['rho_mean'])\n"
                  "pd.DataFrame(rep['terms'])"),
@@ -60,12 +60,12 @@ NOTEBOOKS = {
                  "ax.set_title('J(r) terms, default constants (tsfa reconstruction)', fontsize=7)"),
     ],
     "03_controller_v_tradeoff.ipynb": [
-        ("md", "# The controller's V trade-off\n\nDrift-plus-penalty (paper.md §4): larger V lowers "
+        ("md", "# The controller's V trade-off\n\nDrift-plus-penalty (docs/model.md §4): larger V lowers "
                "the sparsification penalty (O(1/V) gap) at the price of larger virtual queues "
                "(O(V) bound). Simulated Rayleigh fading, the same draws for every V. " + NOTE),
         ("code", PARAMS),
         ("code", "import numpy as np\nimport matplotlib.pyplot as plt\nimport tsfa\n"
-                 "from tsfa import analysis as an\n\nspec = tsfa.SystemSpec()\n"
+                 "from tsfa.experiments import runs as an\n\nspec = tsfa.SystemSpec()\n"
                  "V = [0.1, 1.0, 10.0] if SMALL else list(np.geomspace(0.03, 30, 9))\n"
                  "rounds = 60 if SMALL else 1000\n"
                  "summary, traces = an.v_sweep(spec, V, rounds)\nsummary"),

@@ -2,7 +2,7 @@
 
 Writes docs/validation.md (tables with numbers) and its figures in docs/validation/. Runs come
 from the same cache as the figures (``--store``, default figures/runs): runs already made by
-``tsfa figures`` are reused, the rest are trained. Checks (paper.md §2-§4):
+``tsfa figures`` are reused, the rest are trained. Checks (docs/model.md §2-§4):
 
 1. covariance: ||Cov^t||_F measured on the uploads vs the bound's sqrt(c3 r) (eta tau)^2 G^2,
    c3 fitted; growth with tau, Dirichlet alpha and r (log-log slopes);
@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsfa import analysis as an
-from tsfa import bound as bd
-from tsfa.figures import RC
+from tsfa.config.spec import SystemSpec
+from tsfa.experiments import runs as an
 from tsfa.fl.data import FASHION_MNIST_DIR
-from tsfa.plots import COLUMN_WIDTH_IN, plt
-from tsfa.spec import SystemSpec
+from tsfa.maths import bound as bd
+from tsfa.reporting.figures import RC
+from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
 
 ROOT = Path(__file__).resolve().parents[1]
 LAST = 3

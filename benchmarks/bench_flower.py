@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-from tsfa.fl.experiment import RunConfig
+from tsfa.config.experiment import RunConfig
+from tsfa.engines.flower import train_flower
 from tsfa.fl.loop import Trainer, train
-from tsfa.flower import train_flower
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Share of the SOFT regulariser and of the uplink compression in one local round (paper.md §5).
+"""Share of the SOFT regulariser and of the uplink compression in one local round (docs/model.md §5).
 
 One client's round at the default run's sizes (tiny ViT of the embedded task, LoRA rank r on q, v,
 tau local AdamW steps of batch b): ``local_train`` with zeta = 0 (task loss only) and with
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tsfa.config.experiment import RunConfig
 from tsfa.fl.compress import make_compressor
-from tsfa.fl.experiment import RunConfig
 from tsfa.fl.loop import local_train
 from tsfa.fl.lora import apply_lora, get_factors, set_factors
 from tsfa.fl.synthetic import SyntheticConfig

@@ -1,4 +1,4 @@
-"""Benchmark the P2 solvers (paper.md §4): analytic (BCD) vs joint vs CVXPY/CLARABEL.
+"""Benchmark the P2 solvers (docs/model.md §4): analytic (BCD) vs joint vs CVXPY/CLARABEL.
 
 Run: ``python benchmarks/bench_p2.py``. Times are medians over repeats of one solve on a
 seeded instance (CVXPY: model built once, the re-solve is timed, as the controller does it).

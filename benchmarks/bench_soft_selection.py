@@ -1,4 +1,4 @@
-"""Client cost of choosing which rank components to send: SOFT versus SVD (paper.md §5, fig. 7).
+"""Client cost of choosing which rank components to send: SOFT versus SVD (docs/model.md §5, fig. 7).
 
 SOFT: s_i = ||b_i|| ||a_i|| and top-n, O(r (d_in + d_out)) per module, no product, no SVD.
 SVD-based (SLoRA-style): form B A (O(r d_in d_out)), take its SVD (O(d^3)), keep top-n triplets.

@@ -1,11 +1,11 @@
-"""Tests of tsfa.bound (paper.md §2): each term by hand, monotonicity, eps(r), power-law fit, table."""
+"""Tests of tsfa.maths.bound (docs/model.md §2): each term by hand, monotonicity, eps(r), fit, table."""
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tsfa import bound as bd
+from tsfa.maths import bound as bd
 
 POINT = dict(rank=8, lr=0.01, local_steps=5, rounds=50, smoothness=2.0, grad_bound=3.0,
              grad_noise=0.5, heterogeneity=1.5, initial_gap=4.0)

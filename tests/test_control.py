@@ -1,11 +1,11 @@
-"""Lyapunov controller, reference policies and simulator (paper.md §4, §7 defaults)."""
+"""Lyapunov controller, reference policies and simulator (docs/model.md §4, §7 defaults)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tsfa.control import (
+from tsfa.control.lyapunov import (
     EqualBandwidthPolicy,
     LyapunovController,
     MyopicPolicy,
@@ -43,7 +43,7 @@ def test_linear_phi_needs_analytic(system):
 
 
 def test_long_run_meets_latency_budgets(system):
-    """2,000 rounds, 10 clients, paper.md §7 defaults, V = 1: every time-averaged latency
+    """2,000 rounds, 10 clients, docs/model.md §7 defaults, V = 1: every time-averaged latency
     is within budget x 1.01 (Lyapunov: average <= Tbar + Q_T / T)."""
     ctrl = LyapunovController(**system["policy_kwargs"], V=1.0)
     res = simulate(ctrl, system["mean_gamma_hz"], 2000, np.random.default_rng(5))
@@ -75,13 +75,13 @@ def test_reference_policies(system):
     assert np.all(my.latency_s <= kw["budget_s"] * (1 + 1e-6))  # per-round budget met
 
 
-# ---------------------------------------------------------------- default spec (tsfa.policy)
+# ---------------------------------------------------------------- default spec (tsfa.control.from_spec)
 @pytest.fixture(scope="module")
 def default_system():
-    from tsfa.policy import make_policy
-    from tsfa.rank import optimal_rank
-    from tsfa.spec import SystemSpec
-    from tsfa.system import realize
+    from tsfa.config.spec import SystemSpec
+    from tsfa.control.from_spec import make_policy
+    from tsfa.control.offline import optimal_rank
+    from tsfa.maths.instance import realize
 
     spec = SystemSpec()
     inst = realize(spec)
@@ -131,7 +131,7 @@ def test_default_spec_v_sweep_low_v(default_system):
     "known, not fixed: below V ~ 0.3 queues empty often and the zero-queue decision (rho = 1 at "
     "w_min) still spikes; measured over 2,000 rounds: mean queue 5.3 s at V = 0.1 vs 2.9 s at "
     "V = 0.3. Minimising the exact one-round drift (keeping the quadratic term P2 drops) is the "
-    "candidate fix; it changes P2 of paper.md §4."))
+    "candidate fix; it changes P2 of docs/model.md §4."))
 def test_default_spec_v_sweep_very_low_v(default_system):
     _, queues = _sweep(default_system, (0.1, 0.3))
     assert queues[0] <= queues[1], queues

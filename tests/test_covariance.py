@@ -1,11 +1,11 @@
-"""Tests of tsfa.covariance (paper.md §2): sum_k p_k B_k A_k = B_bar A_bar + Cov, exactly."""
+"""Tests of tsfa.maths.covariance (docs/model.md §2): sum_k p_k B_k A_k = B_bar A_bar + Cov, exactly."""
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tsfa import covariance as cv
+from tsfa.maths import covariance as cv
 
 
 def _instance(seed, k, d_out, r, d_in, alpha=1.0):
@@ -79,7 +79,7 @@ def test_cov_zero_for_single_active_client(seed, k, j):
 
 
 def test_predicted_covariance_matches_bound_term():
-    from tsfa.bound import covariance_term
+    from tsfa.maths.bound import covariance_term
 
     pred = cv.predicted_covariance_sq(8, 0.01, 5, 3.0, 1.4)
     # c3 r (eta tau)^4 G^4 = 1.4 * 8 * 0.05^4 * 81

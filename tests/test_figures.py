@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsfa.analysis import analysis_config, canonical, config_hash
-from tsfa.figures import FIGURES, make_all, make_figure
+from tsfa.experiments.runs import analysis_config, canonical, config_hash
+from tsfa.reporting.figures import FIGURES, make_all, make_figure
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_runs_are_cached_and_keyed_by_config(figdir):
 
 
 def test_config_hash_ignores_ilora_controller():
-    from tsfa.fl.experiment import RunConfig
+    from tsfa.config.experiment import RunConfig
 
     a = RunConfig().replace(**{"experiment.method": "ilora", "experiment.controller": "tsfa"})
     b = RunConfig().replace(**{"experiment.method": "ilora", "experiment.rho": 0.5})

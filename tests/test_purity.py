@@ -1,4 +1,5 @@
-"""Pure-math modules import neither torch nor matplotlib (STYLE.md practice 8)."""
+"""Pure-math modules import neither torch nor matplotlib, and the maths layer (with ``import tsfa``)
+loads without cvxpy, pandas or torch (STYLE.md practice 8; PEP 562 lazy package faces)."""
 
 import importlib.util
 import subprocess
@@ -6,9 +7,9 @@ import sys
 
 import pytest
 
-PURE = ["tsfa.units", "tsfa.wireless", "tsfa.bound", "tsfa.covariance", "tsfa.spec", "tsfa.system",
-        "tsfa.symbolic", "tsfa.rng"]
-OPTIONAL = ["tsfa.optim", "tsfa.control", "tsfa.rank"]
+PURE = ["tsfa", "tsfa.maths.units", "tsfa.maths.wireless", "tsfa.maths.bound", "tsfa.maths.covariance",
+        "tsfa.config.spec", "tsfa.maths.instance", "tsfa.maths.symbolic", "tsfa.maths.rng"]
+OPTIONAL = ["tsfa.optim", "tsfa.control.lyapunov", "tsfa.control.offline"]
 
 
 def _present(name):
@@ -21,6 +22,26 @@ def _present(name):
 @pytest.mark.parametrize("heavy", ["torch", "matplotlib"])
 def test_pure_modules_do_not_import(heavy):
     modules = PURE + [m for m in OPTIONAL if _present(m)]
+    _assert_not_imported(modules, heavy)
+
+
+@pytest.mark.parametrize("heavy", ["torch", "pandas", "cvxpy", "matplotlib"])
+def test_maths_layer_is_light(heavy):
+    """``import tsfa`` and the maths layer (bound, wireless, payload, ...) pull in no heavy library."""
+    maths = [m for m in PURE if m != "tsfa.config.spec"] + (
+        ["tsfa.maths.payload"] if _present("tsfa.maths.payload") else [])
+    _assert_not_imported(maths, heavy)
+
+
+def test_import_tsfa_maths_bound_is_fast():
+    """``import tsfa.maths.bound`` in a fresh interpreter well under a second (issue: ~3 s before)."""
+    code = "import time; t = time.perf_counter(); import tsfa.maths.bound; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 1.0, out.stdout
+
+
+def _assert_not_imported(modules, heavy):
     code = ("import importlib, sys\n"
             f"for m in {modules!r}:\n"
             "    importlib.import_module(m)\n"

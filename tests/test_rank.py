@@ -1,4 +1,4 @@
-"""Offline rank stage (paper.md §3): enumeration, relaxation, infeasibility, sensitivity."""
+"""Offline rank stage (docs/model.md §3): enumeration, relaxation, infeasibility, sensitivity."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from tsfa import wireless as wl
-from tsfa.rank import optimal_rank, rank_sensitivity, rank_table, relaxed_rank
-from tsfa.spec import SystemSpec
-from tsfa.system import realize
-from tsfa.units import dbm_to_w
+from tsfa.config.spec import SystemSpec
+from tsfa.control.offline import optimal_rank, rank_sensitivity, rank_table, relaxed_rank
+from tsfa.maths import wireless as wl
+from tsfa.maths.instance import realize
+from tsfa.maths.units import dbm_to_w
 
 
 def brute_force_rank(spec: SystemSpec) -> int:
@@ -70,7 +70,7 @@ def test_enumeration_equals_brute_force(name):
 
 
 def test_default_spec_has_interior_optimal_rank():
-    """paper.md §7: the defaults must give an interior r* (not the smallest nor largest)."""
+    """docs/model.md §7: the defaults must give an interior r* (not the smallest nor largest)."""
     spec = SystemSpec()
     r = optimal_rank(spec).solution["rank"]
     assert min(spec.lora.rank_candidates) < r < max(spec.lora.rank_candidates)
@@ -106,7 +106,7 @@ def test_relaxation_kkt_latency_multipliers_nonnegative_and_complementary():
     assert np.all(lam >= -1e-8)
     # complementary slackness: a client with slack in its budget has a zero multiplier
     inst = realize(spec)
-    from tsfa.rank import affordable_components
+    from tsfa.control.offline import affordable_components
 
     m = affordable_components(spec, inst, max(spec.lora.rank_candidates))
     slack = np.log(m) - (np.log(rel.solution["rho"]) + np.log(rel.solution["rank"]))

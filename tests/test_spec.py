@@ -1,4 +1,4 @@
-"""Tests of tsfa.spec (paper.md §1-§3, §7): validation errors name the key and range; TOML."""
+"""Tests of tsfa.config.spec (docs/model.md §1-§3, §7): validation errors name the key and range; TOML."""
 
 import dataclasses
 import math
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tsfa.spec import SECTIONS, SpecError, SystemSpec, load_spec, spec_from_toml
+from tsfa.config.spec import SECTIONS, SpecError, SystemSpec, load_spec, spec_from_toml
 
 # (id, nested dict of changes, substrings the message must contain: the key, and the range)
 BAD = [

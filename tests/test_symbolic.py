@@ -1,6 +1,6 @@
-"""Tests of tsfa.symbolic (paper.md §2-§4) against the NUMERIC model in tsfa.bound / tsfa.wireless.
+"""Tests of tsfa.maths.symbolic (docs/model.md §2-§4) against the numeric model (bound, wireless).
 
-The finite differences below are taken of J(r) assembled from tsfa.bound and tsfa.wireless
+The finite differences below are taken of J(r) assembled from tsfa.maths.bound and tsfa.maths.wireless
 functions, never of the SymPy expression, so a wrong derivation fails here.
 """
 
@@ -9,13 +9,13 @@ import pytest
 import sympy as sp
 from scipy.optimize import minimize_scalar
 
-from tsfa import bound as bd
-from tsfa import symbolic as sy
-from tsfa import wireless as wl
+from tsfa.maths import bound as bd
+from tsfa.maths import symbolic as sy
+from tsfa.maths import wireless as wl
 
 
 def numeric_offline_objective(variant="inv", **v):
-    """J(r) = rank + cov + sparse(rho_bar(r)) (paper.md §3, interior branch) from numeric code."""
+    """J(r) = rank + cov + sparse(rho_bar(r)) (docs/model.md §3, interior branch) from numeric code."""
     s_full = wl.full_factor_bits(v["r"], v["P"], v["q_b"])
     rho_bar = ((v["Tbar"] - v["Tcmp"]) * v["Rbar"] - v["S_head"]) / s_full
     return (bd.rank_term(v["a"] * v["r"] ** (-v["b"]), v["c5"])

@@ -1,4 +1,4 @@
-"""Tests of tsfa.wireless (paper.md §1): rate, ergodic rate, fading, path loss, payload, latency."""
+"""Tests of tsfa.maths.wireless (docs/model.md §1): rate, ergodic rate, fading, path loss, latency."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tsfa import wireless as wl
+from tsfa.maths import wireless as wl
 
 
 def _rng(seed=0):
@@ -111,7 +111,7 @@ def test_path_loss_reference_values():
 
 
 def test_mean_snr_calibration_at_250_m():
-    # paper.md §7: 23 dBm, -174 dBm/Hz, 200 kHz, 250 m -> about 38 dB
+    # docs/model.md §7: 23 dBm, -174 dBm/Hz, 200 kHz, 250 m -> about 38 dB
     # 23 - (-174) - 105.46 - 10 log10(2e5) = 197 - 105.46 - 53.01 = 38.53 dB
     gamma = wl.snr_bandwidth_hz(10 ** (-0.7), wl.path_gain(250.0), 10 ** (-20.4))
     assert 10 * np.log10(gamma / 2e5) == pytest.approx(38.53, abs=0.01)

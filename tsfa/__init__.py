@@ -3,32 +3,43 @@
 SOFT (sparsified orthogonal fine-tuning) and TSFA (two-stage federated algorithm: offline rank,
 online Lyapunov control), after Kim and Choi, arXiv 2505.00333. See docs/model.md for which parts
 are the paper's and which are tsfa's reconstruction.
+
+The package is layered (docs/architecture.md):
+
+* :mod:`tsfa.config`: the system spec and the run config (frozen, validated dataclasses; TOML);
+* :mod:`tsfa.maths`: pure maths (wireless, payload, bound, covariance, symbolic): numpy only;
+* :mod:`tsfa.optim`, :mod:`tsfa.control`: the per-round solvers, the offline rank (stage 1) and
+  the Lyapunov controller (stage 2);
+* :mod:`tsfa.fl`: torch: ViT, LoRA, data, compressors, aggregation, server and client;
+* :mod:`tsfa.engines`: drivers of the server and clients (in-process, Flower);
+* :mod:`tsfa.experiments`, :mod:`tsfa.reporting`: run cache, sweeps, reports, figures.
+
+Nothing is imported eagerly (PEP 562): ``import tsfa`` and the pure maths load without cvxpy,
+pandas or torch; the names below resolve on first use.
 """
 
-from .bound import PHI_VARIANTS, bound_terms, eps_from_spectrum, phi, term_table
-from .covariance import covariance_frobenius, factor_covariance
-from .rank import optimal_rank, rank_sensitivity, rank_table, relaxed_rank
-from .spec import SpecError, SystemSpec, load_spec
-from .system import SystemInstance, realize
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "PHI_VARIANTS",
-    "SpecError",
-    "SystemInstance",
-    "SystemSpec",
-    "bound_terms",
-    "covariance_frobenius",
-    "eps_from_spectrum",
-    "factor_covariance",
-    "load_spec",
-    "optimal_rank",
-    "phi",
-    "rank_sensitivity",
-    "rank_table",
-    "realize",
-    "relaxed_rank",
-    "term_table",
-    "__version__",
-]
+__version__ = "0.2.0"
+
+_API = {
+    "tsfa.maths.bound": ("PHI_VARIANTS", "bound_terms", "eps_from_spectrum", "phi", "term_table"),
+    "tsfa.maths.covariance": ("covariance_frobenius", "factor_covariance"),
+    "tsfa.control.offline": ("optimal_rank", "rank_sensitivity", "rank_table", "relaxed_rank"),
+    "tsfa.config.spec": ("SpecError", "SystemSpec", "load_spec"),
+    "tsfa.maths.instance": ("SystemInstance", "realize"),
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'tsfa' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

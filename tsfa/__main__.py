@@ -1,5 +1,5 @@
 """``python -m tsfa`` runs the command line."""
 
-from .cli import app
+from tsfa.cli import app
 
 app(prog_name="tsfa")

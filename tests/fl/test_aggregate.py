@@ -1,4 +1,4 @@
-"""Server aggregation (tsfa.fl.aggregate, paper.md §2, §5, §6)."""
+"""Server aggregation (tsfa.fl.aggregate, docs/model.md §2, §5, §6)."""
 
 import numpy as np
 import pytest
@@ -91,8 +91,8 @@ def test_slora_single_client_full_rank_recovers_local_product():
 
 
 def test_separate_aggregation_misses_ideal_by_covariance():
-    """paper.md §2: sum_k p_k B_k A_k - Bbar Abar = Cov (identity uploads)."""
-    cov_mod = pytest.importorskip("tsfa.covariance")
+    """docs/model.md §2: sum_k p_k B_k A_k - Bbar Abar = Cov (identity uploads)."""
+    cov_mod = pytest.importorskip("tsfa.maths.covariance")
     gen = torch.Generator().manual_seed(3)
     params = random_factors(gen)
     deltas = client_deltas(gen)
@@ -106,7 +106,7 @@ def test_separate_aggregation_misses_ideal_by_covariance():
     try:
         cov = float(cov_mod.covariance_frobenius(dB, dA, np.asarray(P)))
     except (TypeError, ValueError, AttributeError) as err:
-        pytest.skip(f"tsfa.covariance API differs: {err}")
+        pytest.skip(f"tsfa.maths.covariance API differs: {err}")
     assert gap == pytest.approx(cov, rel=1e-9)
 
 

@@ -1,4 +1,4 @@
-"""Compressors, error feedback, payload bits (tsfa.fl.compress, paper.md §5, §6)."""
+"""Compressors, error feedback, payload bits (tsfa.fl.compress, docs/model.md §5, §6)."""
 
 import math
 
@@ -55,7 +55,7 @@ def test_soft_importance_is_singular_values_for_orthogonal_factors(r, d_out, d_i
 @settings(max_examples=40, deadline=None)
 @given(st.integers(2, 8), st.integers(0, 2**31 - 1), st.floats(0.0, 1.0))
 def test_soft_truncation_error_within_half_defect(r, seed, mix):
-    """paper.md §5: ||BA - B_I A_I||_F^2 = sum_{i not in I} s_i^2 + cross terms, and the cross
+    """docs/model.md §5: ||BA - B_I A_I||_F^2 = sum_{i not in I} s_i^2 + cross terms, and the cross
     terms are bounded by R(B, A) / 2, for any (not necessarily orthogonal) factors."""
     from tsfa.fl.lora import orthogonality_defect
 
@@ -125,7 +125,7 @@ def test_rlora_indices_regenerate_from_seed_and_vary():
 @pytest.mark.parametrize("name", sorted(COMPRESSORS))
 @pytest.mark.parametrize("rho", [0.25, 0.5, 1.0])
 def test_error_feedback_telescopes(name, rho):
-    """sum_t decode(upload_t) + e_T == sum_t message_t (paper.md §5), float64."""
+    """sum_t decode(upload_t) + e_T == sum_t message_t (docs/model.md §5), float64."""
     gen = torch.Generator().manual_seed(3)
     rng = np.random.default_rng(4)
     c = make_compressor(name)
@@ -151,7 +151,7 @@ def test_error_feedback_telescopes(name, rho):
 
 
 def expected_bits(name, rho, shapes=SHAPES, r=R):
-    """Independent count from the paper.md §1/§6 definitions."""
+    """Independent count from the docs/model.md §1/§6 definitions."""
     n = max(1, math.ceil(rho * r - 1e-9))
     bits = 0
     for d_out, d_in in shapes:
@@ -191,7 +191,7 @@ def test_payload_bits_matches_independent_count(name, rho):
 
 
 def test_full_bits_vit_base_calibration():
-    """paper.md §7: ViT-Base q,v at r = 16 is about 18.9 Mbit of factors."""
+    """docs/model.md §7: ViT-Base q,v at r = 16 is about 18.9 Mbit of factors."""
     params = [(torch.zeros(768, 16), torch.zeros(16, 768))] * 24
     assert full_bits(params) == 32 * 16 * 24 * 1536 == 18_874_368
     up, _ = ILoRA().update(params, (), params, 1.0, np.random.default_rng(0))

@@ -1,5 +1,5 @@
 """Loaders on tiny files written here, partition, synthetic task (tsfa.fl.data, partition,
-synthetic; paper.md §1, §2)."""
+synthetic; docs/model.md §1, §2)."""
 
 import gzip
 import math
@@ -184,7 +184,7 @@ def test_pretrain_backbone_caches_and_loads(tmp_path):
 def test_fashion_task_uses_given_backbone_as_is(tmp_path):
     """experiment.pretrained, if the file exists, is the backbone of every seed: loaded, never
     re-trained nor overwritten (so runs of several seeds share one pre-trained backbone)."""
-    from tsfa.fl.experiment import ExperimentSpec
+    from tsfa.config.experiment import ExperimentSpec
     from tsfa.fl.tasks import build_model, build_task
 
     rng = np.random.default_rng(2)

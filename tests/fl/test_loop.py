@@ -1,4 +1,4 @@
-"""The federated loop end to end at a tiny size (paper.md §4-§6)."""
+"""The federated loop end to end at a tiny size (docs/model.md §4-§6)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsfa.fl.experiment import RunConfig
+from tsfa.config.experiment import RunConfig
 from tsfa.fl.loop import Trainer, train
 from tsfa.fl.metrics import uploaded_covariance
 
@@ -84,7 +84,7 @@ def test_covariance_identity_on_real_uploaded_factors(method):
 def test_latency_comes_from_the_real_payload():
     res = train(tiny(controller="fixed", **{"experiment.rho": 0.5}))
     c = res.clients
-    from tsfa.wireless import rate_bps
+    from tsfa.maths.wireless import rate_bps
 
     expected = c["compute_s"] + c["bits"] / rate_bps(c["bandwidth_hz"], c["gamma_hz"])
     np.testing.assert_allclose(c["latency_s"], expected, rtol=1e-12)

@@ -1,4 +1,4 @@
-"""LoRA layers and the SOFT orthogonality regulariser (tsfa.fl.lora, paper.md §1, §5)."""
+"""LoRA layers and the SOFT orthogonality regulariser (tsfa.fl.lora, docs/model.md §1, §5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Every uplink method through the federated loop at a tiny size (paper.md §6, issue 4).
+"""Every uplink method through the federated loop at a tiny size (docs/model.md §6, issue 4).
 
 Only sanity is asserted (metrics finite and in range, bits consistent with rho, equal fading
 draws); the accuracy ordering of the methods is not guaranteed at this size and is not tested.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tsfa.config.experiment import METHODS, RunConfig
 from tsfa.fl.compress import VALUE_BITS
-from tsfa.fl.experiment import METHODS, RunConfig
 from tsfa.fl.loop import train
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ import torch
 
 pytest.importorskip("flwr")
 
+from tsfa.config.experiment import RunConfig  # noqa: E402
+from tsfa.engines.flower import records  # noqa: E402
+from tsfa.engines.flower.settings import out_from_flower, run_config_from_flower  # noqa: E402
 from tsfa.fl.compress import make_compressor  # noqa: E402
-from tsfa.fl.experiment import RunConfig  # noqa: E402
 from tsfa.fl.loop import Trainer, train  # noqa: E402
-from tsfa.flower import records  # noqa: E402
-from tsfa.flower.settings import out_from_flower, run_config_from_flower  # noqa: E402
 
 pytestmark = pytest.mark.flower
 
@@ -82,7 +82,7 @@ def test_run_config_from_flower_applies_dotted_keys():
 def test_flower_engine_matches_in_process_engine(tmp_path, one_thread):
     """3 simulated clients, 2 rounds, SOFT + TSFA controller: identical metrics per round and
     per client (decisions, bits, latencies, queues, accuracy, covariance, ...)."""
-    from tsfa.flower import train_flower
+    from tsfa.engines.flower import train_flower
 
     cfg = tiny()
     local = train(cfg)

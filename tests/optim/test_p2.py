@@ -1,4 +1,4 @@
-"""P2 solvers (paper.md §4): joint vs CVXPY, feasibility, KKT, BCD gap, hand-solved references."""
+"""P2 solvers (docs/model.md §4): joint vs CVXPY, feasibility, KKT, BCD gap, hand-solved references."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tsfa.maths.wireless import rate_bps
 from tsfa.optim import CvxpyP2, P2Problem, kkt_residual, solve_bcd, solve_joint
 from tsfa.optim.waterfill import rho_step
-from tsfa.wireless import rate_bps
 
 W_TOT = 2e6
 SLOPE, HEAD = 32.0 * 36864 * 16, 32.0 * 76900

@@ -1,7 +1,7 @@
 """The torch side of tsfa: ViT with LoRA, data, compressors (SOFT and baselines), aggregation
-and the federated loop (paper.md §1, §5, §6, §7).
+and the federated loop (docs/model.md §1, §5, §6, §7).
 
-Nothing is imported eagerly, so importing a torch-free submodule (e.g. ``tsfa.fl.experiment``)
+Nothing is imported eagerly, so importing a torch-free submodule (e.g. ``tsfa.config.experiment``)
 does not pull in torch. The curated public API below is resolved lazily (PEP 562):
 ``from tsfa.fl import make_compressor`` imports ``tsfa.fl.compress`` on first use.
 """

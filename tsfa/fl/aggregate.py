@@ -1,4 +1,4 @@
-"""Server-side aggregation, pure functions (paper.md §1, §5, §6).
+"""Server-side aggregation, pure functions (docs/model.md §1, §5, §6).
 
 Separate aggregation of the LoRA factors (SOFT, TLoRA, RLoRA, ILoRA), per rank index for SOFT:
     B_{:,i} <- B_{:,i} + sum_k p_k 1[i in I_k] M^B_{k,:,i},   A_{i,:} likewise,
@@ -49,7 +49,7 @@ def _masks(upload: Upload) -> list[tuple[Tensor, Tensor]]:
 
 def aggregate_factors(params: Factors, uploads: Sequence[Upload], p: Sequence[float],
                       normalise: bool = False) -> Factors:
-    """New global factors [(B^{t+1}, A^{t+1})] by separate aggregation (paper.md §5).
+    """New global factors [(B^{t+1}, A^{t+1})] by separate aggregation (docs/model.md §5).
 
     params: [(B (d_out, r), A (r, d_in))]; uploads: one per client, factor space;
     p: client weights (K,). Returns new tensors; inputs are not modified.
@@ -81,7 +81,7 @@ def refactorise(W: Tensor, r: int) -> tuple[Tensor, Tensor]:
 
 def aggregate_products(params: Factors, uploads: Sequence[Upload],
                        p: Sequence[float]) -> Factors:
-    """SLoRA server (paper.md §6): W = B^t A^t + sum_k p_k U_k V_k^T, re-factorised to rank r."""
+    """SLoRA server (docs/model.md §6): W = B^t A^t + sum_k p_k U_k V_k^T, re-factorised to rank r."""
     _check_weights(uploads, p)
     dense = [decode(u) for u in uploads]
     out: Factors = []
@@ -100,7 +100,7 @@ def aggregate(params: Factors, uploads: Sequence[Upload], p: Sequence[float],
 
 
 def fedavg(states: Sequence[dict[str, Tensor]], p: Sequence[float]) -> dict[str, Tensor]:
-    """Weighted average sum_k p_k w_k / sum_k p_k of state dicts (the head, paper.md §1)."""
+    """Weighted average sum_k p_k w_k / sum_k p_k of state dicts (the head, docs/model.md §1)."""
     if len(states) != len(p) or not states:
         raise ValueError(f"{len(states)} states for {len(p)} weights p (need equal, >= 1)")
     total = float(sum(p))
@@ -112,7 +112,7 @@ def fedavg(states: Sequence[dict[str, Tensor]], p: Sequence[float]) -> dict[str,
 
 def uploaded_deltas(upload: Upload) -> Factors:
     """The dense factor deltas a client actually sent (zeros elsewhere), e.g. for the
-    covariance term of paper.md §2 (tsfa.covariance takes numpy: ``.numpy()`` them)."""
+    covariance term of docs/model.md §2 (tsfa.maths.covariance takes numpy: ``.numpy()`` them)."""
     if upload.space != "factors":
         raise ValueError(f"{upload.method} uploads products, not factors")
     return [(b, a) for b, a in decode(upload)]

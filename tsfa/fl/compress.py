@@ -1,4 +1,4 @@
-"""Uplink compressors for LoRA factor updates: SOFT and the baselines (paper.md §5, §6).
+"""Uplink compressors for LoRA factor updates: SOFT and the baselines (docs/model.md §5, §6).
 
 One interface, optax style. Each strategy is a frozen dataclass with
 
@@ -7,9 +7,9 @@ One interface, optax style. Each strategy is a frozen dataclass with
 
 ``params`` are the global factors [(B^t, A^t)] of the round, ``deltas`` the client's
 [(dB, dA)] = local - global, ``rho`` in (0, 1] the sparsification ratio (n = max(1, ceil(rho r))
-rank components per module, paper.md §1) and ``rng`` a ``numpy.random.Generator`` (only RLoRA
+rank components per module, docs/model.md §1) and ``rng`` a ``numpy.random.Generator`` (only RLoRA
 draws from it). Plain strategies keep no state (the unsent part is lost);
-``with_error_feedback(c)`` keeps the memory e of paper.md §5: M = message + e is compressed and
+``with_error_feedback(c)`` keeps the memory e of docs/model.md §5: M = message + e is compressed and
 e <- M - decode(upload). Each strategy works in a *message space*: the factor pair (dB, dA)
 ("factors") or, for SLoRA, the product change (B^t + dB)(A^t + dA) - B^t A^t ("product").
 
@@ -25,23 +25,23 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from tsfa.wireless import index_bits_per_component, kept_components
+from tsfa.maths.wireless import index_bits_per_component, kept_components
 
 Tensor = torch.Tensor
 Factors = list[tuple[Tensor, Tensor]]  # per module: (B (d_out, r), A (r, d_in))
 Message = list[tuple[Tensor, ...]]  # per module: (dB, dA) or (dW,)
-VALUE_BITS = 32  # q_b, bits per transmitted real value (paper.md §1)
+VALUE_BITS = 32  # q_b, bits per transmitted real value (docs/model.md §1)
 
 
 def n_keep(rho: float, r: int) -> int:
-    """Rank components sent per module: n = max(1, ceil(rho r)), rho in (0, 1] (paper.md §1)."""
+    """Rank components sent per module: n = max(1, ceil(rho r)), rho in (0, 1] (docs/model.md §1)."""
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho = {rho!r} is invalid; allowed: 0 < rho <= 1")
     return int(kept_components(r, rho))
 
 
 def index_bits(n: int) -> int:
-    """Bits of one index into n items: ceil(log2 n) (0 for n = 1); see tsfa.wireless."""
+    """Bits of one index into n items: ceil(log2 n) (0 for n = 1); see tsfa.maths.wireless."""
     return index_bits_per_component(n)
 
 
@@ -76,7 +76,7 @@ class Upload:
 
 
 def payload_bits(upload: Upload) -> int:
-    """Bits on the air for the LoRA part of an upload (paper.md §1; head excluded: ``head_bits``).
+    """Bits on the air for the LoRA part of an upload (docs/model.md §1; head excluded: ``head_bits``).
 
     32 bits per value; ceil(log2 r) per rank index (SOFT); ceil(log2 numel) per element index
     (TLoRA); none for RLoRA (shared seed), SLoRA (triplets sent as factors) and ILoRA.
@@ -94,17 +94,17 @@ def payload_bits(upload: Upload) -> int:
 
 
 def head_bits(head_state: dict[str, Tensor]) -> int:
-    """S_head: 32 bits per head parameter, sent in full (paper.md §1)."""
+    """S_head: 32 bits per head parameter, sent in full (docs/model.md §1)."""
     return VALUE_BITS * sum(v.numel() for v in head_state.values())
 
 
 def full_bits(params: Factors) -> int:
-    """S_full(r) = q_b r sum_m (d_in^m + d_out^m) (paper.md §1)."""
+    """S_full(r) = q_b r sum_m (d_in^m + d_out^m) (docs/model.md §1)."""
     return VALUE_BITS * sum(b.numel() + a.numel() for b, a in params)
 
 
 def soft_importance(B: Tensor, A: Tensor) -> Tensor:
-    """s_i = ||b_i|| ||a_i|| for i = 1..r, shape (r,) (paper.md §5). O(r (d_in + d_out))."""
+    """s_i = ||b_i|| ||a_i|| for i = 1..r, shape (r,) (docs/model.md §5). O(r (d_in + d_out))."""
     return torch.linalg.vector_norm(B, dim=0) * torch.linalg.vector_norm(A, dim=1)
 
 
@@ -185,7 +185,7 @@ class _Stateless:
 
 @dataclass(frozen=True)
 class SOFT(_Stateless):
-    """Top-n rank components by s_i = ||b_i|| ||a_i|| on B^t + M^B, A^t + M^A (paper.md §5)."""
+    """Top-n rank components by s_i = ||b_i|| ||a_i|| on B^t + M^B, A^t + M^A (docs/model.md §5)."""
 
     name: str = "soft"
 
@@ -266,7 +266,7 @@ class ILoRA(_Stateless):
 
 @dataclass(frozen=True)
 class ErrorFeedback:
-    """Error feedback around ``inner`` (paper.md §5): M = message + e; send compress(M);
+    """Error feedback around ``inner`` (docs/model.md §5): M = message + e; send compress(M);
     e <- M - decode(upload). State: the memory e, a Message (zeros at init)."""
 
     inner: Any
@@ -296,7 +296,7 @@ class ErrorFeedback:
 
 
 def with_error_feedback(compressor: Any) -> ErrorFeedback:
-    """Wrap a strategy with error-feedback memory (paper.md §5, §6: used by all methods)."""
+    """Wrap a strategy with error-feedback memory (docs/model.md §5, §6: used by all methods)."""
     return ErrorFeedback(compressor)
 
 

@@ -1,4 +1,4 @@
-"""Image data sets from standard local files, no downloads (paper.md §1, §7).
+"""Image data sets from standard local files, no downloads (docs/model.md §1, §7).
 
 - CIFAR-100: the ``cifar-100-python`` directory (pickled dicts ``train`` / ``test`` with
   b"data" uint8 (N, 3072) in CHW order and b"fine_labels").

@@ -1,7 +1,7 @@
-"""The federated round loop (paper.md §4-§6): channel -> policy -> local training -> compression
+"""The federated round loop (docs/model.md §4-§6): channel -> policy -> local training -> compression
 -> upload latency from the real payloads -> separate aggregation -> queues -> metrics.
 
-Randomness is stateless per (seed, stream, round, client) (:func:`tsfa.rng.substream`), so a run
+Randomness is stateless per (seed, stream, round, client) (:func:`tsfa.maths.rng.substream`), so a run
 resumed from its per-round checkpoint continues to exactly the result of an uninterrupted run, and
 changing the compressor never changes the fading draws.
 """
@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from tsfa import wireless as wl
+from tsfa.config.experiment import RunConfig
+from tsfa.config.spec import SystemSpec
+from tsfa.control.from_spec import make_policy
 from tsfa.fl import metrics as mx
 from tsfa.fl.aggregate import aggregate, fedavg
 from tsfa.fl.compress import Upload, head_bits, make_compressor, payload_bits
-from tsfa.fl.experiment import RunConfig
 from tsfa.fl.lora import (
     apply_lora,
     get_factors,
@@ -36,11 +37,10 @@ from tsfa.fl.lora import (
 from tsfa.fl.partition import class_histograms, client_weights
 from tsfa.fl.tasks import Task, build_model, build_task
 from tsfa.fl.vit import ViT, flops_per_sample
-from tsfa.policy import make_policy
-from tsfa.results import prepare_dir, write_table
-from tsfa.rng import substream
-from tsfa.spec import SystemSpec
-from tsfa.system import SystemInstance, realize
+from tsfa.maths import wireless as wl
+from tsfa.maths.instance import SystemInstance, realize
+from tsfa.maths.rng import substream
+from tsfa.reporting.results import prepare_dir, write_table
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RunResult:
 
 def resolve_system(cfg: RunConfig, model: ViT, data_sizes) -> SystemSpec:
     """The system spec of the model actually trained: LoRA modules, head size, FLOPs per sample
-    and data sizes come from the model and the partition (see :mod:`tsfa.fl.experiment`)."""
+    and data sizes come from the model and the partition (see :mod:`tsfa.config.experiment`)."""
     vit, r = model.cfg, cfg.experiment.rank
     head = vit.dim * vit.num_classes + vit.num_classes
     ranks = [c for c in cfg.system.lora.rank_candidates if c <= vit.dim] or [r]
@@ -72,7 +72,7 @@ def resolve_system(cfg: RunConfig, model: ViT, data_sizes) -> SystemSpec:
 
 def local_train(model: ViT, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float,
                 optimizer: str, zeta: float, rng: np.random.Generator) -> float:
-    """tau local steps on one client's data; loss = CE + zeta sum_m R(B_m, A_m) (paper.md §5).
+    """tau local steps on one client's data; loss = CE + zeta sum_m R(B_m, A_m) (docs/model.md §5).
     Returns the last task loss. A fresh optimizer each round (no optimizer state on the air)."""
     params = [p for _, p in trainable_parameters(model)]
     opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adamw"
@@ -117,7 +117,7 @@ class ClientUpdate:
 def client_update(model: ViT, params, head, x: torch.Tensor, y: torch.Tensor, memory,
                   compressor, rho: float, steps: int, batch: int, lr: float, optimizer: str,
                   zeta: float, seed: int, t: int, k: int) -> ClientUpdate:
-    """Client k in round t (paper.md §5): load the global factors and head, train locally,
+    """Client k in round t (docs/model.md §5): load the global factors and head, train locally,
     compress dB, dA with error feedback, count the bits. Randomness comes from the stateless
     substreams ("sampling", t, k) and ("compression", t, k), so any process that runs this for
     (t, k) draws exactly the same numbers (the in-process and the Flower engine agree)."""
@@ -159,7 +159,7 @@ class Trainer:
         self.weights = client_weights(self.task.parts)
         self.system = resolve_system(cfg, self.model, [len(p) for p in self.task.parts])
         self.inst: SystemInstance = realize(self.system)
-        ideal = exp.method == "ilora"  # paper.md §6: rho = 1, no latency constraint
+        ideal = exp.method == "ilora"  # docs/model.md §6: rho = 1, no latency constraint
         self.policy = make_policy(self.system, self.inst, exp.rank,
                                   "fixed" if ideal else exp.controller, exp.solver,
                                   1.0 if ideal else exp.rho)

@@ -1,4 +1,4 @@
-"""LoRA adapters in PEFT vocabulary and the SOFT orthogonality regulariser (paper.md §1, §5).
+"""LoRA adapters in PEFT vocabulary and the SOFT orthogonality regulariser (docs/model.md §1, §5).
 
 A wrapped projection computes  W x = W0 x + (lora_alpha / r) B A x  with
 ``lora_B`` = B in R^{d_out x r} (zero init) and ``lora_A`` = A in R^{r x d_in}
@@ -22,7 +22,7 @@ Factors = list[tuple[torch.Tensor, torch.Tensor]]  # per module: (B (d_out, r), 
 
 
 class LoRALinear(nn.Module):
-    """``base(x) + scaling * (x @ lora_A^T @ lora_B^T)``, scaling = lora_alpha / r (paper.md §1).
+    """``base(x) + scaling * (x @ lora_A^T @ lora_B^T)``, scaling = lora_alpha / r (docs/model.md §1).
 
     The base layer is frozen. ``merge()`` folds the adapter into ``base.weight`` (then the
     forward pass is the base layer alone); ``unmerge()`` undoes it.
@@ -82,7 +82,7 @@ def apply_lora(model: nn.Module, r: int, lora_alpha: float,
                generator: torch.Generator | None = None) -> list[str]:
     """Freeze ``model``, wrap every ``nn.Linear`` whose attribute name is in ``targets`` with
     ``LoRALinear`` (in place) and keep the ``head`` module trainable. Returns the wrapped names
-    in the fixed module order. ViT-Base: 24 modules (paper.md §1)."""
+    in the fixed module order. ViT-Base: 24 modules (docs/model.md §1)."""
     model.requires_grad_(False)
     wrapped = []
     for name, module in list(model.named_modules()):
@@ -122,7 +122,7 @@ def set_factors(model: nn.Module, factors: Factors) -> None:
 
 
 def get_head_state(model: nn.Module, head: str = "head") -> dict[str, torch.Tensor]:
-    """Detached copy of the head's state dict (sent in full, paper.md §1)."""
+    """Detached copy of the head's state dict (sent in full, docs/model.md §1)."""
     return {k: v.detach().clone() for k, v in getattr(model, head).state_dict().items()}
 
 
@@ -132,7 +132,7 @@ def set_head_state(model: nn.Module, state: dict[str, torch.Tensor], head: str =
 
 
 def orthogonality_defect(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """R(B, A) = ||B^T B - diag(B^T B)||_F^2 + ||A A^T - diag(A A^T)||_F^2 (paper.md §5).
+    """R(B, A) = ||B^T B - diag(B^T B)||_F^2 + ||A A^T - diag(A A^T)||_F^2 (docs/model.md §5).
 
     B: (d_out, r), A: (r, d_in). Zero iff the columns of B and the rows of A are mutually
     orthogonal. Differentiable; a scalar tensor.

@@ -1,4 +1,4 @@
-"""Per-round diagnostics of a federated LoRA run (paper.md §2, §5): covariance of the uploaded
+"""Per-round diagnostics of a federated LoRA run (docs/model.md §2, §5): covariance of the uploaded
 factors, orthogonality defect, and SOFT's importance order against the true singular values.
 
 Pure functions of tensors; float64 throughout so the covariance identity can be checked to 1e-6.
@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau
 
-from tsfa.covariance import factor_covariance, product_average, separate_average
 from tsfa.fl.aggregate import uploaded_deltas
 from tsfa.fl.compress import Factors, Upload, soft_importance
 from tsfa.fl.lora import orthogonality_defect
+from tsfa.maths.covariance import factor_covariance, product_average, separate_average
 
 
 def uploaded_covariance(params: Factors, uploads: Sequence[Upload], p: Sequence[float]):
-    """Per-module Cov of the factors the clients actually uploaded (paper.md §2).
+    """Per-module Cov of the factors the clients actually uploaded (docs/model.md §2).
 
     Client k's factors are (B + dB_k, A + dA_k) with dB_k, dA_k the decoded uploads (zeros where
     nothing was sent). Returns ``(cov, residual)``: a list of (d_out, d_in) float64 arrays, and
@@ -54,7 +54,7 @@ def covariance_norm(covs) -> float:
 
 
 def total_orthogonality_defect(params: Factors) -> float:
-    """sum_m R(B_m, A_m) of the global factors (paper.md §5)."""
+    """sum_m R(B_m, A_m) of the global factors (docs/model.md §5)."""
     return float(sum(orthogonality_defect(B.double(), A.double()) for B, A in params))
 
 

@@ -1,4 +1,4 @@
-"""Label-Dirichlet non-IID partition of a data set over K clients (paper.md §1).
+"""Label-Dirichlet non-IID partition of a data set over K clients (docs/model.md §1).
 
 For each class c, q_c ~ Dir(alpha 1_K) and the samples of class c are split among the clients in
 proportions q_c; alpha = inf gives an IID split. No client is left empty. Randomness only through
@@ -58,7 +58,7 @@ def class_histograms(labels: np.ndarray, parts: list[np.ndarray],
 
 
 def client_weights(parts: list[np.ndarray]) -> np.ndarray:
-    """p_k = D_k / sum_j D_j, shape (K,) (paper.md §1)."""
+    """p_k = D_k / sum_j D_j, shape (K,) (docs/model.md §1)."""
     sizes = np.array([len(p) for p in parts], dtype=float)
     return sizes / sizes.sum()
 

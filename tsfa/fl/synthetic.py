@@ -1,6 +1,6 @@
 """A synthetic teacher task with a known rank floor, and central backbone pre-training.
 
-Teacher task (tsfa's own design, paper.md §2 "rank floor"): a frozen random tiny ViT plays the
+Teacher task (tsfa's own design, docs/model.md §2 "rank floor"): a frozen random tiny ViT plays the
 pre-trained backbone W0. The teacher is the same network with every query and value projection
 moved by a known low-rank update
 
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from tsfa.bound import eps_from_spectrum, power_law_spectrum
 from tsfa.fl.data import ArrayDataset, select_classes
 from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.maths.bound import eps_from_spectrum, power_law_spectrum
 
 
 def _synthetic_vit() -> ViTConfig:
@@ -90,7 +90,7 @@ class SyntheticTask:
         return rank_floor(self.spectrum, r)
 
 
-rank_floor = eps_from_spectrum  # eps(r) of the task's spectrum (paper.md §2), from tsfa.bound
+rank_floor = eps_from_spectrum  # eps(r) of the task's spectrum (docs/model.md §2), from tsfa.maths.bound
 
 
 def _orthonormal(n: int, k: int, gen: torch.Generator) -> torch.Tensor:

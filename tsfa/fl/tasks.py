@@ -1,6 +1,6 @@
 """Build the data, partition and backbone of a run from its ``[experiment]`` config.
 
-Three tasks (paper.md §7; the real data sets load from local files only, never downloaded):
+Three tasks (docs/model.md §7; the real data sets load from local files only, never downloaded):
 
 * ``synthetic`` (default, embedded): the teacher task of :mod:`tsfa.fl.synthetic`, whose ideal
   update has a known spectrum, so eps(r) is exact;
@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tsfa.config.experiment import ExperimentSpec
 from tsfa.fl.data import FASHION_MNIST_DIR, ArrayDataset, load_cifar100, load_fashion_mnist, select_classes
-from tsfa.fl.experiment import ExperimentSpec
 from tsfa.fl.partition import dirichlet_partition
 from tsfa.fl.synthetic import SyntheticConfig, make_synthetic_task, pretrain_backbone
 from tsfa.fl.vit import ViT, ViTConfig, load_pretrained, read_state_dict
-from tsfa.rng import substream
+from tsfa.maths.rng import substream
 
 
 @dataclass(frozen=True, eq=False)

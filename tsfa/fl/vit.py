@@ -1,9 +1,9 @@
-"""A compact plain-torch Vision Transformer (paper.md §1, §5, §7).
+"""A compact plain-torch Vision Transformer (docs/model.md §1, §5, §7).
 
 The model is the ViT of Dosovitskiy et al. in nanoGPT style: conv patch embedding, a cls token,
 learned position embeddings, pre-norm blocks, final LayerNorm and a linear ``head``. Attention
 keeps *separate* ``query``, ``key``, ``value`` and ``out`` ``nn.Linear`` projections so that LoRA
-can target the query and value projections by name (paper.md §1: M = 2 * depth modules).
+can target the query and value projections by name (docs/model.md §1: M = 2 * depth modules).
 
 ``load_pretrained`` maps the Hugging Face ``google/vit-base-patch16-224`` parameter names onto
 ours (``HF_KEY_MAP``); it only reads a local file and never downloads anything.
@@ -69,7 +69,7 @@ class ViTConfig:
 
     @classmethod
     def base(cls, num_classes: int = 100) -> ViTConfig:
-        """ViT-B/16: 224 px, patch 16, dim 768, depth 12, heads 12, MLP 3072 (paper.md §7)."""
+        """ViT-B/16: 224 px, patch 16, dim 768, depth 12, heads 12, MLP 3072 (docs/model.md §7)."""
         return cls(224, 16, 3, num_classes, 768, 12, 12, 4.0)
 
     @classmethod
@@ -166,7 +166,7 @@ class ViT(nn.Module):
 
 
 def flops_per_sample(cfg: ViTConfig) -> float:
-    """Training FLOPs per sample, C_s in paper.md §1 (forward + backward), in FLOP.
+    """Training FLOPs per sample, C_s in docs/model.md §1 (forward + backward), in FLOP.
 
     One multiply-add = 2 FLOP. With T = num_patches + 1 tokens, d = dim, h = mlp_dim:
       forward = 2 P (C p^2) d                       patch embedding, P = num_patches
@@ -234,7 +234,7 @@ class LoadReport:
 def load_pretrained(model: ViT, path: str | Path, include_head: bool = False) -> LoadReport:
     """Copy weights from a local HF-named (or already tsfa-named) file into ``model``.
 
-    The head is skipped unless ``include_head`` (paper.md §1: a new head is trained). Shapes must
+    The head is skipped unless ``include_head`` (docs/model.md §1: a new head is trained). Shapes must
     match exactly (a different image size changes ``pos_embed``: ValueError). Never downloads.
     """
     ours = model.state_dict()

@@ -1,4 +1,4 @@
-"""Per-round TSFA optimisation P2 (paper.md §4): problem, result object and three solvers.
+"""Per-round TSFA optimisation P2 (docs/model.md §4): problem, result object and three solvers.
 
 - :func:`solve_bcd` ("analytic"): block-coordinate descent, closed-form rho-step, KKT water-filling.
 - :func:`solve_joint` ("joint"): global optimum via the reduced convex problem in w (phi inv/inv_sq).

@@ -1,4 +1,4 @@
-"""Analytic P2 solvers (paper.md §4): block-coordinate descent and the reduced convex solver.
+"""Analytic P2 solvers (docs/model.md §4): block-coordinate descent and the reduced convex solver.
 
 Both work in bandwidth shares (see :mod:`tsfa.optim.waterfill`) and are vectorised over clients.
 

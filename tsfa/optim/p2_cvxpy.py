@@ -1,4 +1,4 @@
-"""CVXPY reference solver for P2 on a convex, per-client scaled form (paper.md §4).
+"""CVXPY reference solver for P2 on a convex, per-client scaled form (docs/model.md §4).
 
 Shares ``s = w / W_tot``, ``g_k = gamma_k / W_tot``, times ``a_s = a / W_tot``, ``h_s = h / W_tot``
 [s]. Each client's bandwidth is measured in its own unit ``sigma_k = min(g_k, 1/K)`` (second
@@ -47,9 +47,9 @@ import warnings
 import cvxpy as cp
 import numpy as np
 
+from tsfa.maths.wireless import rate_bps
 from tsfa.optim.problem import P2Problem
 from tsfa.optim.result import INFEASIBLE, OPTIMAL, SOLVER_ERROR, SolveResult
-from tsfa.wireless import rate_bps
 
 HEAD_SPLIT = 1.0
 _LOG_FLOOR = math.log(1e-30)

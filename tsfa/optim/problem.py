@@ -1,9 +1,9 @@
-"""The per-round drift-plus-penalty problem P2 on plain arrays (paper.md §4).
+"""The per-round drift-plus-penalty problem P2 on plain arrays (docs/model.md §4).
 
     min_{rho, w}  sum_k p_k v_k phi(rho_k) + sum_k Q_k (c_k + (a rho_k + h) / R(w_k, gamma_k))
     s.t.          sum_k w_k <= W_tot,   w_k >= w_min,   rho_min <= rho_k <= 1
 
-with ``R(w, gamma) = w log2(1 + gamma / w)`` (:func:`tsfa.wireless.rate_bps`), ``v_k = V Gamma_k``
+with ``R(w, gamma) = w log2(1 + gamma / w)`` (:func:`tsfa.maths.wireless.rate_bps`), ``v_k = V Gamma_k``
 already scaled by the caller, ``a`` the payload slope [bits per unit rho], ``h`` the head bits,
 ``c_k`` the compute latency [s]. KKT conditions (multiplier ``lambda >= 0`` of the bandwidth sum,
 ``mu_k >= 0`` of ``w_k >= w_min``), with ``S_k = a rho_k + h``:
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tsfa.bound import PHI_VARIANTS, phi, phi_derivative
-from tsfa.wireless import rate_bps, rate_derivative
+from tsfa.maths.bound import PHI_VARIANTS, phi, phi_derivative
+from tsfa.maths.wireless import rate_bps, rate_derivative
 
 
 def _vec(name: str, x, k: int | None) -> np.ndarray:
@@ -39,7 +39,7 @@ def _vec(name: str, x, k: int | None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class P2Problem:
-    """One instance of P2 (paper.md §4). Arrays have shape (K,); scalars are broadcast.
+    """One instance of P2 (docs/model.md §4). Arrays have shape (K,); scalars are broadcast.
 
     Args:
         weights: p_k >= 0 (aggregation weights; any nonnegative scale).
@@ -52,7 +52,7 @@ class P2Problem:
         total_bandwidth_hz: W_tot > 0 [Hz].
         min_bandwidth_hz: w_min > 0 [Hz].
         rho_min: 0 < rho_min <= 1 (1 / r).
-        phi: one of ``tsfa.bound.PHI_VARIANTS``.
+        phi: one of ``tsfa.maths.bound.PHI_VARIANTS``.
     Raises:
         ValueError naming the argument and its allowed range. ``K w_min > W_tot`` is *not* an
         error: solvers return status ``"infeasible"`` with that reason.
@@ -140,7 +140,7 @@ class P2Problem:
 
 
 def kkt_residual(problem: P2Problem, rho, bandwidth_hz, lam_per_hz: float) -> dict[str, float]:
-    """Relative KKT residuals of P2 at ``(rho, w, lambda)`` (paper.md §4; conditions in module doc).
+    """Relative KKT residuals of P2 at ``(rho, w, lambda)`` (docs/model.md §4; conditions in module doc).
 
     Each residual is normalised by the magnitude of the terms it balances, so 0 means exact:
       ``rho``: projected gradient ``|rho - clip(rho - g/|scale|, rho_min, 1)|`` with

@@ -1,4 +1,4 @@
-"""Solver result object shared by every P2 solver (paper.md §4; STYLE.md practice 4).
+"""Solver result object shared by every P2 solver (docs/model.md §4; STYLE.md practice 4).
 
 A non-optimal status is *returned*, never raised: the caller decides what to do with it.
 Status strings are cvxpy's: ``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``,

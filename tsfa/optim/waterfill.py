@@ -1,4 +1,4 @@
-"""Building blocks of the analytic P2 solvers (paper.md §4): rho-step and bandwidth water-filling.
+"""Building blocks of the analytic P2 solvers (docs/model.md §4): rho-step and bandwidth water-filling.
 
 Scaling: bandwidth as shares ``s = w / W_tot``, ``g = gamma / W_tot``, times ``a / W_tot`` and
 ``h / W_tot`` in seconds; then ``Rbar(s) = s log2(1 + g / s) = R(w) / W_tot`` and all quantities
@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from tsfa.wireless import rate_bps
+from tsfa.maths.wireless import rate_bps
 
 LN2 = math.log(2.0)
 _SERIES = np.array([(-1) ** n * (n - 1) / n for n in range(2, 16)])
@@ -59,7 +59,7 @@ def rho_step(variant: str, pv, qa, rate, rho_min: float):
     """Optimal rho for fixed bandwidth: ``argmin p v phi(rho) + Q a rho / R`` on [rho_min, 1].
 
     ``pv = p_k v_k``, ``qa = Q_k a`` and ``rate = R_k`` in any consistent units (only ``qa/rate``
-    matters). Closed forms (paper.md §4):
+    matters). Closed forms (docs/model.md §4):
       inv:    ``rho = clip(sqrt(pv R / (Q a)), rho_min, 1)``;
       inv_sq: stationarity ``c rho^3 + rho - 2 = 0`` with ``c = Q a / (p v R)`` (unique positive
               root, Cardano then two Newton polishes), clipped;
@@ -98,7 +98,7 @@ def rho_step(variant: str, pv, qa, rate, rho_min: float):
 def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_iter: int = 200):
     """Bandwidth shares solving ``m_k(s_k) = lambda`` or ``s_k = s_min``, ``sum_k s_k = 1``.
 
-    Problem (convex, separable, one coupling constraint; paper.md §4 w-step):
+    Problem (convex, separable, one coupling constraint; docs/model.md §4 w-step):
         min_s sum_k G_k(s_k)  s.t.  sum_k s_k <= 1, s_k >= s_min,   -G_k' = m_k decreasing.
     KKT: ``m_k(s_k) = lambda`` if ``s_k > s_min``, ``m_k(s_min) <= lambda`` otherwise.
     Args:
@@ -170,7 +170,7 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
 
 
 def scaled_rate(s, g):
-    """``Rbar(s) = R(s W_tot, g W_tot) / W_tot`` via :func:`tsfa.wireless.rate_bps`."""
+    """``Rbar(s) = R(s W_tot, g W_tot) / W_tot`` via :func:`tsfa.maths.wireless.rate_bps`."""
     return rate_bps(s, g)
 
 

@@ -1,0 +1,17 @@
+"""The ``tsfa`` command line: thin wrappers that load a spec, call the library, print tables.
+
+Every command takes an optional spec TOML (``tsfa spec > s.toml`` writes the default) and a
+``--json`` flag for machine-readable output. Bad input exits with code 2 and one line naming the
+option or key and its allowed range. One module per group of commands: :mod:`tsfa.cli.plan`
+(spec, bound, rank, control), :mod:`tsfa.cli.train` (train, run), :mod:`tsfa.cli.figures`.
+"""
+
+from tsfa.cli import figures, plan, train  # noqa: F401  (registers the commands)
+from tsfa.cli.common import app
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+__all__ = ["app", "main"]

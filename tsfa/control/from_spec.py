@@ -1,0 +1,65 @@
+"""Wiring a system spec to the online policies of :mod:`tsfa.control.lyapunov` (docs/model.md §4, §7).
+
+The controller works on plain arrays; this module derives them from a
+:class:`~tsfa.config.spec.SystemSpec`, its realised :class:`~tsfa.maths.instance.SystemInstance` and a rank:
+
+* payload slope ``a = S_full(r) + M r ceil(log2 r)`` and head bits ``h`` (relaxed payload, §1);
+* ``rho_min = 1 / r``;
+* penalty normalisation ("V = 1 after normalisation", §7) [DESIGN]: ``Gamma_k = U_k^2 / p_k`` with
+  ``U_k = S(rho = 1) / R_bar_k`` the uplink time at rho = 1 on the ergodic equal-bandwidth rate
+  [s]. The penalty ``V p_k Gamma_k phi(rho_k) = V U_k^2 phi(rho_k)`` is then in s^2, the units of
+  ``Q_k T_k``, and the rho-step ``rho^2 = p V Gamma R / (Q a)`` gives interior ratios for queues of
+  the order of ``U_k`` at V = 1. The bound's ``Gamma = c4 L^2 eta^2 tau^2 G^2`` is common to all
+  clients, so this rescaling changes only the meaning of V, not the controller's preferences
+  between clients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tsfa.config.spec import SystemSpec
+from tsfa.control.lyapunov import EqualBandwidthPolicy, LyapunovController, MyopicPolicy
+from tsfa.maths import wireless as wl
+from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps
+
+POLICIES = ("tsfa", "fixed", "myopic")
+
+
+def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int) -> dict:
+    """Keyword arguments shared by every policy constructor (see module docstring)."""
+    lo, wi = spec.lora, spec.wireless
+    head = float(lo.bits_per_param * lo.head_params)
+    slope = float(wl.payload_bits_relaxed(rank, 1.0, params_per_rank=lo.params_per_rank,
+                                          n_modules=lo.n_modules, head_params=0,
+                                          bits_per_param=lo.bits_per_param))
+    uplink_s = (slope + head) / equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
+    return dict(
+        weights=inst.weights,
+        compute_s=inst.compute_s,
+        budget_s=inst.budget_s,
+        penalty_weights=uplink_s**2 / inst.weights,
+        slope_bits=slope,
+        head_bits=head,
+        total_bandwidth_hz=wi.bandwidth_total_hz,
+        min_bandwidth_hz=wi.bandwidth_min_hz,
+        rho_min=1.0 / rank,
+        phi=spec.control.phi,
+    )
+
+
+def make_policy(spec: SystemSpec, inst: SystemInstance, rank: int, kind: str = "tsfa",
+                solver: str = "joint", fixed_rho: float = 1.0, V: float | None = None):
+    """A policy for ``rank``: ``tsfa`` (Lyapunov), ``fixed`` (equal bandwidth, fixed rho) or
+    ``myopic`` (per-round budget, penalty-minimising). ``V`` defaults to ``control.V``."""
+    kwargs = policy_arrays(spec, inst, rank)
+    kwargs["V"] = spec.control.V if V is None else float(V)
+    if kind == "tsfa":
+        return LyapunovController(**kwargs, solver=solver)
+    if kind == "fixed":
+        if not (np.isfinite(fixed_rho) and 0.0 < fixed_rho <= 1.0):
+            raise ValueError(f"rho = {fixed_rho!r}: must be in (0, 1]")
+        return EqualBandwidthPolicy(**kwargs, fixed_rho=fixed_rho)
+    if kind == "myopic":
+        return MyopicPolicy(**kwargs)
+    raise ValueError(f"controller = {kind!r}: must be one of {', '.join(POLICIES)}")

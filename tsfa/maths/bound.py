@@ -1,0 +1,204 @@
+"""Convergence bound of federated LoRA with SOFT (docs/model.md §2) and the rank floor eps(r).
+
+Each term is a pure, vectorised function (numpy broadcasting over every argument); the bound is
+their sum. The three effects named by the paper [PAPER] are the rank term, the sparsification
+term and the covariance term; the form of each term and the constants c0..c5 are tsfa's [DESIGN]
+reconstruction (FedAvg / local-SGD analyses with error feedback). All terms are dimensionless
+(the bound is on the average squared gradient norm in the units of the loss).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PHI_VARIANTS = ("inv", "inv_sq", "linear")
+
+
+# --------------------------------------------------------------------------- phi
+def phi(rho: ArrayLike, variant: str = "inv") -> np.ndarray:
+    """Sparsification error factor phi(rho) (docs/model.md §2), rho in (0, 1].
+
+    ``inv``: (1 - rho) / rho (error feedback with contraction rho, default);
+    ``inv_sq``: (1 - rho) / rho^2; ``linear``: 1 - rho. All are 0 at rho = 1, decreasing in rho.
+    """
+    rho = np.asarray(rho, dtype=float)
+    if variant == "inv":
+        return (1.0 - rho) / rho
+    if variant == "inv_sq":
+        return (1.0 - rho) / rho**2
+    if variant == "linear":
+        return 1.0 - rho
+    raise ValueError(f"phi variant {variant!r}: must be one of {', '.join(PHI_VARIANTS)}")
+
+
+def phi_derivative(rho: ArrayLike, variant: str = "inv") -> np.ndarray:
+    """d phi / d rho: ``-1/rho^2`` (inv), ``(rho - 2)/rho^3`` (inv_sq), ``-1`` (linear)."""
+    rho = np.asarray(rho, dtype=float)
+    if variant == "inv":
+        return -1.0 / rho**2
+    if variant == "inv_sq":
+        return (rho - 2.0) / rho**3
+    if variant == "linear":
+        return -np.ones_like(rho)
+    raise ValueError(f"phi variant {variant!r}: must be one of {', '.join(PHI_VARIANTS)}")
+
+
+# --------------------------------------------------------------------------- bound terms
+def init_term(initial_gap, lr, local_steps, rounds, c0=1.0):
+    """init = c0 (F0 - F*) / (eta tau T)  (docs/model.md §2)."""
+    return c0 * np.asarray(initial_gap, float) / (
+        np.asarray(lr, float) * np.asarray(local_steps, float) * np.asarray(rounds, float))
+
+
+def noise_term(weights, smoothness, lr, grad_noise, c1=1.0):
+    """noise = c1 L eta sigma^2 sum_k p_k^2  (docs/model.md §2). ``weights`` on the last axis."""
+    p = np.asarray(weights, float)
+    return c1 * np.asarray(smoothness, float) * np.asarray(lr, float) * np.asarray(
+        grad_noise, float) ** 2 * np.sum(p * p, axis=-1)
+
+
+def drift_term(smoothness, lr, local_steps, grad_noise, heterogeneity, c2=1.0):
+    """drift = c2 L^2 eta^2 tau^2 (sigma^2 + zeta_h^2)  (docs/model.md §2)."""
+    L, eta, tau = (np.asarray(x, float) for x in (smoothness, lr, local_steps))
+    return c2 * L**2 * eta**2 * tau**2 * (np.asarray(grad_noise, float) ** 2
+                                          + np.asarray(heterogeneity, float) ** 2)
+
+
+def covariance_term(rank, lr, local_steps, grad_bound, c3=1.0):
+    """cov = c3 r eta^2 tau^2 G^4  (docs/model.md §2): bound on E||Cov||_F^2 / (eta tau)^2 times c3.
+
+    Increasing (linearly) in the rank r: the covariance of separately aggregated factors.
+    """
+    eta, tau, g = (np.asarray(x, float) for x in (lr, local_steps, grad_bound))
+    return c3 * np.asarray(rank, float) * eta**2 * tau**2 * g**4
+
+
+def sparsification_gamma(smoothness, lr, local_steps, grad_bound, c4=1.0):
+    """Gamma = c4 L^2 eta^2 tau^2 G^2: the weight of phi in the sparsification term (docs/model.md §4)."""
+    L, eta, tau, g = (np.asarray(x, float) for x in (smoothness, lr, local_steps, grad_bound))
+    return c4 * L**2 * eta**2 * tau**2 * g**2
+
+
+def mean_phi(rho, weights, variant="inv"):
+    """(1/T) sum_t sum_k p_k phi(rho_k^t) for ``rho`` of shape (..., K) or (T, K).
+
+    A 1-D ``rho`` is one round; a 2-D ``rho`` is averaged over its first axis (rounds).
+    """
+    rho = np.asarray(rho, float)
+    per_round = np.sum(np.asarray(weights, float) * phi(rho, variant), axis=-1)
+    return per_round.mean(axis=0) if rho.ndim >= 2 else per_round
+
+
+def sparsification_term(phi_mean, smoothness, lr, local_steps, grad_bound, c4=1.0):
+    """sparse = c4 L^2 eta^2 tau^2 G^2 (1/T) sum_t sum_k p_k phi(rho_k^t)  (docs/model.md §2).
+
+    ``phi_mean`` is that weighted time average (see :func:`mean_phi`); non-increasing in rho.
+    """
+    return sparsification_gamma(smoothness, lr, local_steps, grad_bound, c4) * np.asarray(
+        phi_mean, float)
+
+
+def rank_term(eps, c5=1.0):
+    """rank = c5 eps(r)  (docs/model.md §2), eps the energy fraction outside the best rank-r subspace."""
+    return c5 * np.asarray(eps, float)
+
+
+# --------------------------------------------------------------------------- eps(r)
+def eps_from_spectrum(singular_values: ArrayLike, rank: ArrayLike) -> np.ndarray:
+    """eps(r) = sum_{i>r} s_i^2 / sum_i s_i^2 for the spectrum sorted in decreasing order.
+
+    Non-increasing in r, eps(0) = 1, eps(r) = 0 for r >= len(s). ``rank`` may be an array.
+    """
+    s = np.sort(np.abs(np.asarray(singular_values, float)))[::-1]
+    energy = s * s
+    total = energy.sum()
+    if not total > 0:
+        raise ValueError("singular_values: need at least one positive value")
+    tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = sum_{i>r} s_i^2
+    rank_arr = np.asarray(rank)
+    if not (np.all(np.mod(rank_arr, 1) == 0) and np.all(rank_arr >= 0)):
+        raise ValueError(f"rank = {rank!r}: must be integers >= 0")
+    r = np.clip(rank_arr.astype(int), 0, len(s))
+    return np.clip(tail[r] / total, 0.0, 1.0)
+
+
+def power_law_spectrum(dim: int, decay: float) -> np.ndarray:
+    """Singular values s_i = i^(-decay), i = 1..dim (the default eps model, docs/model.md §2)."""
+    return np.arange(1, dim + 1, dtype=float) ** (-float(decay))
+
+
+def eps_power_law(rank: ArrayLike, dim: int, decay: float) -> np.ndarray:
+    """eps(r) for the power-law spectrum :func:`power_law_spectrum`."""
+    return eps_from_spectrum(power_law_spectrum(dim, decay), rank)
+
+
+def eps_from_matrix(update: ArrayLike, rank: ArrayLike) -> np.ndarray:
+    """eps(r) measured from a matrix (the ideal update dW): its singular values via SVD."""
+    return eps_from_spectrum(np.linalg.svd(np.asarray(update, float), compute_uv=False), rank)
+
+
+def fit_power_law(rank: ArrayLike, eps: ArrayLike, dim: int) -> float:
+    """Fit the power-law exponent ``decay`` of :func:`eps_power_law` to measured (r, eps) pairs.
+
+    Least squares on log eps over a bounded scalar search (decay in [0, 20]).
+    """
+    from scipy.optimize import minimize_scalar
+
+    r = np.asarray(rank, int)
+    target = np.log(np.clip(np.asarray(eps, float), 1e-300, None))
+
+    def loss(a):
+        return float(np.sum((np.log(np.clip(eps_power_law(r, dim, a), 1e-300, None)) - target)
+                            ** 2))
+
+    return float(minimize_scalar(loss, bounds=(0.0, 20.0), method="bounded").x)
+
+
+# --------------------------------------------------------------------------- table
+TERM_FORMULAS = {
+    "init": "c0 (F0 - F*) / (eta tau T)",
+    "noise": "c1 L eta sigma^2 sum_k p_k^2",
+    "drift": "c2 L^2 eta^2 tau^2 (sigma^2 + zeta_h^2)",
+    "cov": "c3 r eta^2 tau^2 G^4",
+    "sparse": "c4 L^2 eta^2 tau^2 G^2 mean_t sum_k p_k phi(rho_k^t)",
+    "rank": "c5 eps(r)",
+}
+
+
+def bound_terms(*, rank, rho, weights, eps, lr, local_steps, rounds, smoothness, grad_bound,
+                grad_noise, heterogeneity, initial_gap, c=(1.0,) * 6, phi_variant="inv"):
+    """All six terms of the bound (docs/model.md §2) as a dict of arrays; ``c = (c0, ..., c5)``.
+
+    ``rho``: per-client ratios (K,), or a (T, K) history; ``eps``: eps(r) for the same rank.
+    """
+    c0, c1, c2, c3, c4, c5 = c
+    return {
+        "init": init_term(initial_gap, lr, local_steps, rounds, c0),
+        "noise": noise_term(weights, smoothness, lr, grad_noise, c1),
+        "drift": drift_term(smoothness, lr, local_steps, grad_noise, heterogeneity, c2),
+        "cov": covariance_term(rank, lr, local_steps, grad_bound, c3),
+        "sparse": sparsification_term(mean_phi(rho, weights, phi_variant), smoothness, lr,
+                                      local_steps, grad_bound, c4),
+        "rank": rank_term(eps, c5),
+    }
+
+
+def term_table(terms: dict) -> tuple[pd.DataFrame, float]:
+    """Labelled term table (term, formula, value, share of total) and the total bound."""
+    import pandas as pd
+
+    values = {k: float(np.asarray(v)) for k, v in terms.items()}
+    total = float(sum(values.values()))
+    df = pd.DataFrame({
+        "term": list(values),
+        "formula": [TERM_FORMULAS[k] for k in values],
+        "value": list(values.values()),
+        "share": [v / total if total > 0 else np.nan for v in values.values()],
+    })
+    return df, total

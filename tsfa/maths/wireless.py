@@ -1,0 +1,205 @@
+"""Wireless uplink model (docs/model.md §1): path loss, Rayleigh fading, FDMA rate, payload and latency.
+
+Pure numpy/scipy. Every random draw takes an explicit ``numpy.random.Generator``.
+Units are in the names: ``_hz``, ``_w``, ``_s``, ``_bits``, ``_m``. The SNR-bandwidth product
+``gamma_hz = P |h|^2 / N0`` has units of hertz (W / (W/Hz)), so the rate is
+``R(w) = w log2(1 + gamma / w)`` in bit/s with ``w`` in Hz.
+
+Everything in this module is tsfa's [DESIGN] reconstruction of the paper's system model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import special
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- channel
+def path_loss_db(distance_m: ArrayLike, intercept_db: float = 128.1, slope_db: float = 37.6):
+    """Path loss in dB (positive), docs/model.md §1: ``PL = intercept + slope * log10(d / 1 km)``.
+
+    Args:
+        distance_m: transmitter-receiver distance(s) in metres, > 0.
+    Returns:
+        Loss in dB, same shape. The channel power gain is ``beta = 10 ** (-PL / 10)``.
+    """
+    d_km = np.asarray(distance_m, dtype=float) / 1000.0
+    return intercept_db + slope_db * np.log10(d_km)
+
+
+def path_gain(distance_m: ArrayLike, intercept_db: float = 128.1, slope_db: float = 37.6):
+    """Linear large-scale power gain ``beta_k = 10 ** (-PL_dB / 10)`` (dimensionless)."""
+    return np.power(10.0, -path_loss_db(distance_m, intercept_db, slope_db) / 10.0)
+
+
+def draw_distances_m(rng: np.random.Generator, n: int, min_m: float, max_m: float) -> np.ndarray:
+    """Client distances ``d_k ~ U[min_m, max_m]`` in metres (docs/model.md §1)."""
+    return rng.uniform(min_m, max_m, size=n)
+
+
+def draw_rayleigh_power(rng: np.random.Generator, shape) -> np.ndarray:
+    """Small-scale fading power ``|g|^2`` with ``g ~ CN(0, 1)``, hence ``|g|^2 ~ Exp(1)``.
+
+    Drawn from the complex Gaussian itself (real and imaginary parts N(0, 1/2)).
+    """
+    re = rng.normal(0.0, math.sqrt(0.5), size=shape)
+    im = rng.normal(0.0, math.sqrt(0.5), size=shape)
+    return re * re + im * im
+
+
+def snr_bandwidth_hz(tx_power_w: ArrayLike, channel_gain: ArrayLike, noise_psd_w_per_hz: float):
+    """``gamma_k = P_k |h_k|^2 / N0`` in Hz (docs/model.md §1). SNR on bandwidth w is ``gamma / w``."""
+    return np.asarray(tx_power_w, dtype=float) * np.asarray(channel_gain, dtype=float) / float(
+        noise_psd_w_per_hz
+    )
+
+
+# --------------------------------------------------------------------------- rate
+def rate_bps(bandwidth_hz: ArrayLike, gamma_hz: ArrayLike) -> np.ndarray:
+    """Shannon rate on FDMA bandwidth ``w``: ``R(w) = w log2(1 + gamma / w)`` [bit/s] (docs/model.md §1).
+
+    Concave and increasing in ``w``; ``R(0) = 0`` (limit); ``R(w) -> gamma / ln 2`` as w grows.
+    Broadcasts over ``bandwidth_hz`` and ``gamma_hz``.
+    """
+    w = np.asarray(bandwidth_hz, dtype=float)
+    g = np.asarray(gamma_hz, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = w * np.log1p(g / w) / LN2
+    return np.where(w > 0, r, 0.0)
+
+
+def rate_derivative(bandwidth_hz: ArrayLike, gamma_hz: ArrayLike) -> np.ndarray:
+    """``dR/dw = log2(1 + x) - x / ((1 + x) ln 2)`` with ``x = gamma / w`` [bit/s/Hz].
+
+    Positive and decreasing in ``w`` (R is concave); ``+inf`` at ``w = 0``.
+    """
+    w = np.asarray(bandwidth_hz, dtype=float)
+    g = np.asarray(gamma_hz, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = g / w
+        # log1p(x) - x/(1+x) cancels for small x; use its series sum_{n>=2} (-1)^n (n-1) x^n / n
+        series = x * x * (0.5 - x * (2.0 / 3.0 - x * (0.75 - 0.8 * x)))
+        d = np.where(x < 1e-3, series, np.log1p(x) - x / (1.0 + x)) / LN2
+    return np.where(w > 0, d, np.inf)
+
+
+def ergodic_spectral_efficiency(mean_snr: ArrayLike) -> np.ndarray:
+    """``E[log2(1 + s |g|^2)] = exp(1/s) E1(1/s) / ln 2`` for ``|g|^2 ~ Exp(1)`` [bit/s/Hz].
+
+    Closed form of the ergodic Rayleigh capacity (docs/model.md §1), ``s`` the mean linear SNR > 0.
+    For ``1/s > 50`` the product ``e^x E1(x)`` is evaluated by its asymptotic series
+    ``sum_n (-1)^n n! / x^(n+1)`` (relative error < 1e-12 there), avoiding overflow of ``e^x``.
+    """
+    s = np.asarray(mean_snr, dtype=float)
+    x = 1.0 / s
+    small = x <= 50.0
+    xs = np.where(small, x, 1.0)
+    direct = np.exp(xs) * special.exp1(xs)
+    xl = np.where(small, 100.0, x)
+    asym = np.zeros_like(xl)
+    term = 1.0 / xl
+    for n in range(12):
+        asym = asym + term
+        term = -term * (n + 1) / xl
+    return np.where(small, direct, asym) / LN2
+
+
+def ergodic_rate_bps(bandwidth_hz: ArrayLike, mean_gamma_hz: ArrayLike) -> np.ndarray:
+    """Ergodic rate ``w E[log2(1 + gamma_bar |g|^2 / w)]`` [bit/s] on a fixed bandwidth ``w``.
+
+    ``mean_gamma_hz = P beta / N0``; the mean SNR on ``w`` is ``mean_gamma_hz / w``.
+    """
+    w = np.asarray(bandwidth_hz, dtype=float)
+    return w * ergodic_spectral_efficiency(np.asarray(mean_gamma_hz, dtype=float) / w)
+
+
+# --------------------------------------------------------------------------- payload
+def kept_components(rank: int, rho: ArrayLike) -> np.ndarray:
+    """Rank components sent per module: ``n = max(1, ceil(rho r))`` (docs/model.md §1).
+
+    A tolerance of 1e-9 guards ``ceil`` against round-off (``rho = 3/8`` at ``r = 8`` gives 3).
+    """
+    rho = np.asarray(rho, dtype=float)
+    n = np.ceil(rho * rank - 1e-9)
+    return np.clip(n, 1, rank).astype(int)
+
+
+def index_bits_per_component(rank: int) -> int:
+    """Bits to name one index out of ``rank`` items: ``ceil(log2 rank)`` (0 for 1), exact for
+    any integer (``(rank - 1).bit_length()``, no floating-point log)."""
+    return (int(rank) - 1).bit_length()
+
+
+def full_factor_bits(rank: ArrayLike, params_per_rank: int, bits_per_param: int) -> np.ndarray:
+    """``S_full(r) = q_b * r * sum_m (d_in^m + d_out^m)`` [bits] (docs/model.md §1).
+
+    ``params_per_rank = sum_m (d_in^m + d_out^m)``; 36,864 for ViT-Base query+value (24 x 1536).
+    """
+    return bits_per_param * np.asarray(rank, dtype=float) * params_per_rank
+
+
+def payload_bits(
+    rank: int,
+    rho: ArrayLike,
+    *,
+    params_per_rank: int,
+    n_modules: int,
+    head_params: int,
+    bits_per_param: int = 32,
+) -> np.ndarray:
+    """Exact uplink payload of one SOFT upload [bits] (docs/model.md §1, exact-count variant).
+
+    ``n = max(1, ceil(rho r))`` components per module, each a column of B and a row of A:
+
+        bits = q_b * n * sum_m (d_in + d_out)          (factor values)
+             + q_b * head_params                         (classification head, sent in full)
+             + [n < r] * n_modules * n * ceil(log2 r)    (rank indices; none when all r are sent)
+
+    For ViT-Base q,v at r = 16 and rho = 1 this is 32 * 36,864 * 16 + 32 * head_params.
+    """
+    n = kept_components(rank, rho)
+    factor = bits_per_param * n * params_per_rank
+    head = bits_per_param * head_params
+    idx = np.where(n < rank, n_modules * n * index_bits_per_component(rank), 0)
+    return (factor + head + idx).astype(float)
+
+
+def payload_bits_relaxed(
+    rank: ArrayLike,
+    rho: ArrayLike,
+    *,
+    params_per_rank: int,
+    n_modules: int,
+    head_params: int,
+    bits_per_param: int = 32,
+) -> np.ndarray:
+    """Continuous payload ``S(rho) = rho S_full(r) + S_head + S_idx`` [bits] used by the solvers.
+
+    ``S_idx = n_modules * rho * r * ceil(log2 r)`` is the index overhead at the same ratio, so
+    the payload stays affine in ``rho`` with slope ``S_full(r) + S_idx / rho`` (docs/model.md §1, §4).
+    """
+    rank = np.asarray(rank, dtype=float)
+    rho = np.asarray(rho, dtype=float)
+    idx_bits = np.where(rank > 1, np.ceil(np.log2(np.maximum(rank, 1.0))), 0.0)
+    slope = full_factor_bits(rank, params_per_rank, bits_per_param) + n_modules * rank * idx_bits
+    return rho * slope + bits_per_param * head_params
+
+
+# --------------------------------------------------------------------------- latency
+def compute_latency_s(
+    local_steps: int, batch_size: int, flops_per_sample: float, device_flops: ArrayLike
+) -> np.ndarray:
+    """``T^cmp_k = tau b C_s / f_k`` [s] (docs/model.md §1); ``C_s`` FLOPs/sample (fwd+bwd), f in FLOP/s."""
+    return local_steps * batch_size * flops_per_sample / np.asarray(device_flops, dtype=float)
+
+
+def uplink_latency_s(payload: ArrayLike, bandwidth_hz: ArrayLike, gamma_hz: ArrayLike):
+    """``S / R(w)`` [s]; ``+inf`` when the rate is zero."""
+    r = rate_bps(bandwidth_hz, gamma_hz)
+    with np.errstate(divide="ignore"):
+        return np.asarray(payload, dtype=float) / r

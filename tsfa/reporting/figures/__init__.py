@@ -1,0 +1,124 @@
+"""Paper-style figures of docs/model.md §7, regenerated from saved runs (``tsfa figures``).
+
+One configuration TOML and one script per figure live in ``analysis/``; the logic lives here.
+Training-based figures read runs from a cache keyed by the hash of each run's resolved config
+(:func:`tsfa.experiments.runs.cached_train`), so figures share runs and never retrain a finished run.
+Each figure is written as PNG, PDF and the CSV behind it. Every figure is **tsfa's
+reconstruction on its embedded task** (or on the paper-scale default spec for the analytic
+parts), not a result of the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tsfa.experiments.runs import BaseRun, analysis_config, base_run
+
+NOTE = "tsfa reconstruction (embedded task), not the paper's results"
+RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
+      "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.markersize": 3}
+
+FIGURES = {
+    "fig1_rank": "bound J(r) and final accuracy vs rank r",
+    "fig2_covariance": "||Cov^t||_F vs rounds for several tau, alpha, r",
+    "fig3_methods": "accuracy vs rounds, all methods, same latency budget",
+    "fig4_fixed_rho": "final accuracy vs fixed rho, SOFT vs TLoRA/RLoRA",
+    "fig5_control_v": "time-averaged latency and queues vs rounds for several V",
+    "fig6_budget": "accuracy vs latency budget, TSFA vs single-stage variants",
+    "fig7_client_compute": "client compression time per round, SOFT vs SLoRA",
+    "fig8_zeta": "zeta ablation and orthogonality defect R(B, A) over training",
+}
+
+
+@dataclass
+class Context:
+    """What a figure function gets: its config (``analysis/<name>.toml`` at ``size``), the run
+    ``store``, the shared base run (built lazily) and a ``log`` callable."""
+
+    name: str
+    size: str
+    store: Path
+    log: object = print
+    _base: dict = field(default_factory=dict)
+
+    @property
+    def conf(self) -> dict:
+        return analysis_config(self.name, self.size)
+
+    @property
+    def base(self) -> BaseRun:
+        if "base" not in self._base:
+            self._base["base"] = base_run(self.size)
+        return self._base["base"]
+
+
+def save(fig, df, out: Path, name: str) -> list[Path]:
+    """Write ``name``.png (200 dpi), .pdf and .csv into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf", out / f"{name}.csv"]
+    fig.savefig(paths[0], dpi=200)
+    fig.savefig(paths[1])
+    df.to_csv(paths[2], index=False)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Path | None = None,
+                log=print, _shared: dict | None = None) -> list[Path]:
+    """Compute (or reuse the runs of) one figure and write it into ``out``."""
+    from . import analytic, training
+
+    out = Path(out)
+    ctx = Context(name, size, Path(store) if store else out / "runs", log,
+                  _shared if _shared is not None else {})
+    fn = getattr(analytic, name, None) or getattr(training, name)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(RC):
+        df, fig = fn(ctx)
+    return save(fig, df, out, name)
+
+
+def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=print,
+             threads: int | None = 1) -> dict:
+    """Every figure (or ``names``) into ``out``; returns and writes ``out/timing.json``.
+
+    ``threads``: torch intra-op threads for the runs (default 1: the tiny models gain nothing
+    from more, and on a shared machine oversubscribed threads slow every run many times over);
+    ``None`` leaves torch's setting alone. This sets a process-wide torch option.
+    """
+    out = Path(out)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    shared: dict = {}
+    timing = {}
+    for name in names or FIGURES:
+        t0 = time.perf_counter()
+        make_figure(name, out, size, store, log, shared)
+        timing[name] = round(time.perf_counter() - t0, 2)
+        log(f"{name}: {timing[name]:.1f} s")
+    (out / "timing.json").write_text(json.dumps({"size": size, "seconds": timing}, indent=1))
+    return timing
+
+
+__all__ = ["FIGURES", "NOTE", "Context", "make_figure", "make_all", "save"]
+
+
+def script_main(name: str, argv=None) -> None:
+    """Entry point of the ``analysis/<name>.py`` scripts: ``--out DIR --size SIZE``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=f"{name}: {FIGURES[name]} ({NOTE}).")
+    p.add_argument("--out", default="figures", help="output directory (runs cached in OUT/runs)")
+    p.add_argument("--size", default="quick", choices=("tiny", "quick", "full"))
+    p.add_argument("--store", default=None, help="run cache directory (default OUT/runs)")
+    a = p.parse_args(argv)
+    for path in make_figure(name, a.out, a.size, a.store):
+        print(path)

@@ -178,7 +178,8 @@ def test_pretrain_backbone_caches_and_loads(tmp_path):
     assert path.stat().st_mtime_ns != mtime  # different settings: retrained
     fed = ViT(SMALL.vit)  # federated model on the other classes: all but the head loaded
     report = load_pretrained(fed, path)
-    assert set(report.missing) == {"head.weight", "head.bias"} and not report.unexpected
+    assert set(report.missing) == {"head.weight", "head.bias"}
+    assert set(report.skipped) == {"head.weight", "head.bias"}  # the 2-class head of the file
 
 
 def test_fashion_task_uses_given_backbone_as_is(tmp_path):
@@ -203,4 +204,6 @@ def test_fashion_task_uses_given_backbone_as_is(tmp_path):
         model = build_model(task, exp)
         torch.testing.assert_close(model.state_dict()["blocks.0.attn.query.weight"],
                                    state["blocks.0.attn.query.weight"])
+        assert task.checkpoint.source == str(path) and task.checkpoint.keys_loaded == len(state) - 2
+        assert task.checkpoint.sha256[:12] in task.note
     assert path.stat().st_mtime_ns == mtime and not path.with_suffix(".json").exists()

@@ -1,8 +1,10 @@
-"""ViT: config validation, shapes, FLOP count, HF key mapping (tsfa.fl.vit)."""
+"""ViT: config validation, shapes, FLOP count, HF key mapping (tsfa.fl.vit; loading in depth:
+test_checkpoints.py)."""
 
 import pytest
 import torch
 
+from tsfa.fl.checkpoints import CheckpointError
 from tsfa.fl.vit import ViT, ViTConfig, flops_per_sample, hf_to_tsfa_key, load_pretrained
 
 
@@ -12,10 +14,20 @@ def tiny_cfg(**kw):
 
 
 @pytest.mark.parametrize(("field", "value"), [("dim", 0), ("heads", 3), ("patch_size", 3),
-                                              ("mlp_ratio", -1.0), ("depth", 1.5)])
+                                              ("mlp_ratio", -1.0), ("depth", 1.5),
+                                              ("layer_norm_eps", 0.0), ("layer_norm_eps", True)])
 def test_config_rejects_bad_values_and_names_field(field, value):
     with pytest.raises(ValueError, match=f"ViTConfig.{field}"):
         tiny_cfg(**{field: value})
+
+
+def test_layer_norm_eps_reaches_every_norm_and_mlp_width_is_exact():
+    model = ViT(tiny_cfg(layer_norm_eps=1e-6))
+    eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert eps == {1e-6} and ViTConfig().layer_norm_eps == 1e-12
+    assert ViTConfig(dim=48, heads=4, mlp_ratio=37 / 48).mlp_dim == 37
+    assert ViTConfig.base().mlp_dim == 3072 and ViTConfig(dim=768, heads=12,
+                                                          mlp_ratio=3072 / 768).mlp_dim == 3072
 
 
 def test_tiny_forward_shape_and_reproducible_init():
@@ -83,7 +95,9 @@ def test_load_pretrained_maps_every_tensor(tmp_path, include_head):
     head_before = model.head.weight.clone()
     report = load_pretrained(model, path, include_head=include_head)
     ours = model.state_dict()
-    assert report.unexpected == ("vit.pooler.dense.weight",)
+    assert report.skipped == ("vit.pooler.dense.weight",) + (
+        () if include_head else ("classifier.weight", "classifier.bias"))
+    assert report.keys_loaded == len(ours) - (0 if include_head else 2)
     assert set(report.missing) == (set() if include_head else {"head.weight", "head.bias"})
     for k, v in sd.items():
         name = hf_to_tsfa_key(k)
@@ -96,8 +110,10 @@ def test_load_pretrained_maps_every_tensor(tmp_path, include_head):
     torch.testing.assert_close(model.blocks[1].attn.value.weight, sd[spot], rtol=0, atol=0)
 
 
-def test_load_pretrained_rejects_shape_mismatch(tmp_path):
+def test_load_pretrained_resizes_pos_embed_and_rejects_other_shapes(tmp_path):
     sd = fake_hf_state_dict(tiny_cfg(), torch.Generator().manual_seed(0))
     torch.save(sd, tmp_path / "hf.pt")
-    with pytest.raises(ValueError, match="position_embeddings"):
-        load_pretrained(ViT(tiny_cfg(image_size=12)), tmp_path / "hf.pt")
+    report = load_pretrained(ViT(tiny_cfg(image_size=12)), tmp_path / "hf.pt")
+    assert report.resized == ("pos_embed 2x2 -> 3x3 (bicubic)",)
+    with pytest.raises(CheckpointError, match=r"(?s)mis-shaped \(\d+\):.*patch_embeddings"):
+        load_pretrained(ViT(tiny_cfg(patch_size=2)), tmp_path / "hf.pt")

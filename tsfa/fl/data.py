@@ -5,6 +5,9 @@
 - Fashion-MNIST: the four idx files (optionally .gz) at a path, by default
   ``/usr/share/datasets/fashion-mnist`` (Debian package dataset-fashion-mnist).
 - The synthetic teacher task needing no files: ``tsfa.fl.synthetic``.
+- Your own data: ``ArrayDataset.from_arrays`` (numpy / torch arrays) and
+  ``ArrayDataset.from_torch`` (a map-style torch ``Dataset`` of (image, label) pairs); a whole
+  federated task from them: ``tsfa.fl.tasks.task_from_arrays`` (docs/interop.md).
 - Dirichlet partition and class histograms: ``tsfa.fl.partition`` (re-exported here).
 
 Images are returned as float32 (N, C, H, W) scaled to [-1, 1]; labels int64 (N,). Resizing
@@ -53,6 +56,36 @@ class ArrayDataset:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(self.images), torch.from_numpy(self.labels)
+
+    @classmethod
+    def from_arrays(cls, images, labels, num_classes: int | None = None) -> ArrayDataset:
+        """From numpy arrays or torch tensors: images (N, C, H, W), or (N, H, W) for one channel;
+        uint8 images are scaled to [-1, 1] as the loaders do, others kept (as float32); labels
+        integers (N,) in [0, num_classes) (default: max label + 1)."""
+        x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images)
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+            raise ValueError(f"images {x.shape} and labels {y.shape}: expected (N, C, H, W) or "
+                             "(N, H, W) and (N,) with the same N >= 1")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels: dtype {y.dtype}; expected integer class indices")
+        k = int(y.max()) + 1 if num_classes is None else int(num_classes)
+        if y.min() < 0 or y.max() >= k:
+            raise ValueError(f"labels: values in [{y.min()}, {y.max()}]; allowed: [0, {k - 1}]")
+        x = _to_float(x) if x.dtype == np.uint8 else x.astype(np.float32)
+        return cls(np.ascontiguousarray(x), y.astype(np.int64), k)
+
+    @classmethod
+    def from_torch(cls, dataset, num_classes: int | None = None) -> ArrayDataset:
+        """From a map-style torch ``Dataset`` whose items are (image tensor (C, H, W), label);
+        read once into memory (apply your transforms in the dataset)."""
+        items = [dataset[i] for i in range(len(dataset))]
+        if not items:
+            raise ValueError("dataset: empty")
+        images = torch.stack([torch.as_tensor(x) for x, _ in items])
+        return cls.from_arrays(images, np.asarray([int(y) for _, y in items]), num_classes)
 
 
 def _to_float(images_u8: np.ndarray) -> np.ndarray:

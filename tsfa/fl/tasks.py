@@ -7,7 +7,14 @@ Three tasks (docs/model.md §7; the real data sets load from local files only, n
 * ``fashion_mnist``: "pretrained backbone, then federated LoRA": a tiny ViT pre-trained centrally
   on classes 0-4 (cached under ~/.cache/tsfa, or loaded from ``experiment.pretrained`` if that
   file exists), fine-tuned federated on classes 5-9;
-* ``cifar100``: the ``cifar-100-python`` files; a backbone from ``experiment.pretrained`` if given.
+* ``cifar100``: the ``cifar-100-python`` files; a backbone from ``experiment.pretrained`` if given
+  (any checkpoint :mod:`tsfa.fl.checkpoints` reads; with a transformers config.json the ViT is
+  built from it, e.g. ViT-B/16 with its position embeddings resized to 32 px).
+
+Your own data: :func:`task_from_arrays` / :func:`task_from_datasets` build the same :class:`Task`
+(Dirichlet partition, per-client class histograms) from arrays or torch Datasets
+(docs/interop.md). Every backbone read from a file is recorded in ``Task.checkpoint``
+(:class:`~tsfa.fl.checkpoints.LoadReport`: file, sha256, keys loaded) for the result metadata.
 """
 
 from __future__ import annotations
@@ -17,20 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from tsfa.config.experiment import ExperimentSpec
+from tsfa.fl.checkpoints import LoadReport, convert_checkpoint, read_config, vit_config_from_hf
 from tsfa.fl.data import FASHION_MNIST_DIR, ArrayDataset, load_cifar100, load_fashion_mnist, select_classes
-from tsfa.fl.partition import dirichlet_partition
+from tsfa.fl.partition import class_histograms, dirichlet_partition
 from tsfa.fl.synthetic import SyntheticConfig, make_synthetic_task, pretrain_backbone
-from tsfa.fl.vit import ViT, ViTConfig, load_pretrained, read_state_dict
+from tsfa.fl.vit import ViT, ViTConfig
 from tsfa.maths.rng import substream
 
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """Everything data-side a run needs. ``spectrum``: singular values of the ideal update
-    (synthetic task only, else None). ``backbone``: state dict to start from (None = random)."""
+    """Everything data-side a run needs. ``parts``: each client's sample indices into ``train``;
+    ``spectrum``: singular values of the ideal update (synthetic task only, else None);
+    ``backbone``: state dict in tsfa's names to start from (None = random); ``checkpoint``: the
+    record of the file it was read from (None when not read from a file)."""
 
     vit: ViTConfig
     train: ArrayDataset
@@ -39,6 +50,11 @@ class Task:
     backbone: dict[str, torch.Tensor] | None
     spectrum: np.ndarray | None
     note: str = ""
+    checkpoint: LoadReport | None = None
+
+    def class_histograms(self) -> pd.DataFrame:
+        """Training samples per client (rows) and class (columns), plus ``total``."""
+        return class_histograms(self.train.labels, self.parts, self.train.num_classes)
 
 
 def _subsample(ds: ArrayDataset, n: int, rng: np.random.Generator) -> ArrayDataset:
@@ -47,9 +63,15 @@ def _subsample(ds: ArrayDataset, n: int, rng: np.random.Generator) -> ArrayDatas
     return ds.subset(np.sort(rng.choice(len(ds), size=n, replace=False)))
 
 
+def _describe(report: LoadReport) -> str:
+    return (f"backbone from {report.source} (sha256 {report.sha256[:12]}, "
+            f"{report.keys_loaded} keys{'; ' + '; '.join(report.resized) if report.resized else ''})")
+
+
 def build_task(exp: ExperimentSpec, num_clients: int, dirichlet_alpha: float) -> Task:
     """Data, partition (label-Dirichlet, explicit streams) and backbone for ``exp.task``."""
     rng = substream(exp.seed, "partition")
+    record = None
     if exp.task == "synthetic":
         cfg = SyntheticConfig(num_train=exp.num_train, num_test=exp.num_test)
         st = make_synthetic_task(cfg, substream(exp.seed, "geometry", 1))
@@ -63,23 +85,88 @@ def build_task(exp: ExperimentSpec, num_clients: int, dirichlet_alpha: float) ->
             Path.home() / ".cache" / "tsfa" / "fmnist_tiny_vit_classes0-4.pt")
         # a given weights file is used as is (never re-trained nor overwritten), so every run
         # and seed can share one backbone; else pre-trained with this seed and cached
-        backbone = (read_state_dict(cache) if exp.pretrained and cache.exists()
-                    else pretrain_backbone(vit, full_train, range(5), cache, seed=exp.seed))
+        if not (exp.pretrained and cache.exists()):
+            pretrain_backbone(vit, full_train, range(5), cache, seed=exp.seed)
+        backbone, record = convert_checkpoint(cache, vit)
         train = _subsample(select_classes(full_train, range(5, 10)), exp.num_train, rng)
         test = _subsample(select_classes(full_test, range(5, 10)), exp.num_test, rng)
-        spectrum, note = None, f"backbone pre-trained on classes 0-4, cached at {cache}"
+        spectrum = None
+        note = f"backbone pre-trained on classes 0-4: {_describe(record)}"
     else:
         if not exp.data_dir:
             raise ValueError("experiment.data_dir: the cifar100 task needs the directory of the "
                              "local cifar-100-python files")
         full_train, full_test = load_cifar100(exp.data_dir)
         vit = ViTConfig.tiny(num_classes=100, image_size=32, in_chans=3)
+        backbone, spectrum, note = None, None, "random backbone"
+        if exp.pretrained:
+            vit = pretrained_config(exp.pretrained, vit)
+            backbone, record = convert_checkpoint(exp.pretrained, vit)
+            note = _describe(record)
         train = _subsample(full_train, exp.num_train, rng)
         test = _subsample(full_test, exp.num_test, rng)
-        backbone, spectrum = None, None
-        note = "random backbone" if not exp.pretrained else f"backbone from {exp.pretrained}"
     parts = dirichlet_partition(train.labels, num_clients, dirichlet_alpha, rng)
-    return Task(vit, train, test, parts, backbone, spectrum, note)
+    return Task(vit, train, test, parts, backbone, spectrum, note, record)
+
+
+def pretrained_config(path: str | Path, default: ViTConfig) -> ViTConfig:
+    """The ViT for a checkpoint: from its transformers config.json (number of classes and image
+    size from ``default``, i.e. the data), else ``default``."""
+    hf = read_config(path) or {}
+    if "hidden_size" not in hf:
+        return default
+    return vit_config_from_hf(hf, num_classes=default.num_classes, image_size=default.image_size)
+
+
+def task_from_arrays(x_train, y_train, x_test, y_test, num_clients: int, alpha: float,
+                     seed: int = 0, *, num_classes: int | None = None, vit: ViTConfig | None = None,
+                     pretrained: str | Path | None = None) -> Task:
+    """A federated task from your own data (numpy arrays or torch tensors).
+
+    x_*: images (N, C, H, W) (or (N, H, W)); uint8 scaled to [-1, 1], floats kept. y_*: integer
+    labels (N,) in [0, num_classes) (default: the largest label + 1). The training set is split
+    over ``num_clients`` clients by the label-Dirichlet partition Dir(``alpha``) (math.inf: IID)
+    drawn from ``seed``'s "partition" stream, as for the built-in tasks
+    (``Task.class_histograms()`` shows it). ``vit``: the model (default: ``ViTConfig.tiny`` at the
+    images' size, or the checkpoint's architecture); ``pretrained``: a checkpoint to start from
+    (folder or file, see :mod:`tsfa.fl.checkpoints`; recorded in ``Task.checkpoint``).
+    """
+    labels = [np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y) for y in (y_train, y_test)]
+    k = int(num_classes) if num_classes is not None else int(max(y.max() for y in labels)) + 1
+    train = ArrayDataset.from_arrays(x_train, labels[0], k)
+    test = ArrayDataset.from_arrays(x_test, labels[1], k)
+    c, h, w = train.images.shape[1:]
+    if test.images.shape[1:] != (c, h, w):
+        raise ValueError(f"x_test: images {test.images.shape[1:]}, x_train: {(c, h, w)}; "
+                         "expected the same (C, H, W)")
+    if h != w:
+        raise ValueError(f"images are {h} x {w} px: tsfa's ViT takes square images")
+    if vit is None:
+        if h % 4:
+            raise ValueError(f"images are {h} px: the default ViT (patch 4) needs a side "
+                             "divisible by 4; pass vit=ViTConfig(...)")
+        vit = ViTConfig.tiny(k, image_size=h, in_chans=c)
+        vit = pretrained_config(pretrained, vit) if pretrained else vit
+    for field, want in (("in_chans", c), ("image_size", h), ("num_classes", k)):
+        if getattr(vit, field) != want:
+            raise ValueError(f"vit.{field} = {getattr(vit, field)}: the data need {want} "
+                             f"(images {c} x {h} x {w}, {k} classes)")
+    backbone, record, note = None, None, "random backbone"
+    if pretrained:
+        backbone, record = convert_checkpoint(pretrained, vit)
+        note = _describe(record)
+    parts = dirichlet_partition(train.labels, num_clients, alpha, substream(seed, "partition"))
+    note = f"own data: {len(train)} train / {len(test)} test samples, {k} classes; {note}"
+    return Task(vit, train, test, parts, backbone, None, note, record)
+
+
+def task_from_datasets(train, test, num_clients: int, alpha: float, seed: int = 0,
+                       **kwargs) -> Task:
+    """:func:`task_from_arrays` for map-style torch Datasets of (image (C, H, W), label) items
+    (read once into memory; ``kwargs``: num_classes, vit, pretrained)."""
+    a, b = ArrayDataset.from_torch(train), ArrayDataset.from_torch(test)
+    return task_from_arrays(a.images, a.labels, b.images, b.labels, num_clients, alpha, seed,
+                            **kwargs)
 
 
 def build_model(task: Task, exp: ExperimentSpec) -> ViT:
@@ -93,8 +180,6 @@ def build_model(task: Task, exp: ExperimentSpec) -> ViT:
         if bad or missing.unexpected_keys:
             raise ValueError(f"backbone does not fit the model: missing {bad[:3]}, "
                              f"unexpected {missing.unexpected_keys[:3]}")
-    if exp.pretrained and exp.task == "cifar100":
-        load_pretrained(model, exp.pretrained)
     return model
 
 

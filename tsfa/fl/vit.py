@@ -4,22 +4,25 @@ The model is the ViT of Dosovitskiy et al. in nanoGPT style: conv patch embeddin
 learned position embeddings, pre-norm blocks, final LayerNorm and a linear ``head``. Attention
 keeps *separate* ``query``, ``key``, ``value`` and ``out`` ``nn.Linear`` projections so that LoRA
 can target the query and value projections by name (docs/model.md §1: M = 2 * depth modules).
+It computes what ``transformers``' ``ViTForImageClassification`` and timm's ``VisionTransformer``
+(class-token pooling) compute; only ``layer_norm_eps`` differs between them (1e-12 and 1e-6).
 
-``load_pretrained`` maps the Hugging Face ``google/vit-base-patch16-224`` parameter names onto
-ours (``HF_KEY_MAP``); it only reads a local file and never downloads anything.
+Pre-trained weights (Hugging Face, timm or tsfa names): :mod:`tsfa.fl.checkpoints`
+(``load_pretrained``, ``load_vit``; re-exported here). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-import re
+import importlib
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-LAYER_NORM_EPS = 1e-12  # as in the Hugging Face ViT checkpoints
+LAYER_NORM_EPS = 1e-12  # default: as in the Hugging Face ViT checkpoints (timm: 1e-6)
 
 
 def _check(name: str, value, ok: bool, allowed: str) -> None:
@@ -33,7 +36,9 @@ class ViTConfig:
 
     image_size: side of the square input image (px); patch_size divides it.
     in_chans: input channels; num_classes: outputs of ``head``; dim: token width;
-    depth: number of blocks; heads: attention heads (divides dim); mlp_ratio: MLP width / dim.
+    depth: number of blocks; heads: attention heads (divides dim); mlp_ratio: MLP width / dim;
+    layer_norm_eps: epsilon of every LayerNorm (1e-12 in Hugging Face checkpoints, 1e-6 in timm's;
+    :meth:`from_hf` reads it from a checkpoint's config.json).
     """
 
     image_size: int = 32
@@ -44,6 +49,7 @@ class ViTConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    layer_norm_eps: float = LAYER_NORM_EPS
 
     def __post_init__(self) -> None:
         ints = ("image_size", "patch_size", "in_chans", "num_classes", "dim", "depth", "heads")
@@ -57,7 +63,10 @@ class ViTConfig:
                f"a divisor of dim = {self.dim}")
         _check("mlp_ratio", self.mlp_ratio,
                isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0
-               and int(self.dim * self.mlp_ratio) >= 1, "a number > 0 with dim * mlp_ratio >= 1")
+               and self.mlp_dim >= 1, "a number > 0 with dim * mlp_ratio >= 1")
+        eps = self.layer_norm_eps
+        _check("layer_norm_eps", eps, isinstance(eps, (int, float)) and not isinstance(eps, bool)
+               and 0.0 < eps < 1.0, "a number in (0, 1), e.g. 1e-12 (Hugging Face) or 1e-6 (timm)")
 
     @property
     def num_patches(self) -> int:
@@ -65,7 +74,8 @@ class ViTConfig:
 
     @property
     def mlp_dim(self) -> int:
-        return int(self.dim * self.mlp_ratio)
+        """MLP width: floor(dim * mlp_ratio), robust to round-off (3072 / 768 * 768 gives 3072)."""
+        return math.floor(self.dim * self.mlp_ratio + 1e-6)
 
     @classmethod
     def base(cls, num_classes: int = 100) -> ViTConfig:
@@ -73,9 +83,44 @@ class ViTConfig:
         return cls(224, 16, 3, num_classes, 768, 12, 12, 4.0)
 
     @classmethod
+    def from_hf(cls, config: Mapping, **overrides) -> ViTConfig:
+        """From a transformers ViT ``config.json`` dict (hidden_size, num_hidden_layers,
+        num_attention_heads, intermediate_size, image_size, patch_size, num_channels, id2label,
+        layer_norm_eps); ``overrides`` (e.g. num_classes, image_size) replace fields, None is
+        ignored. Settings tsfa's ViT does not implement raise ValueError naming them."""
+        unsupported = unsupported_settings(config)
+        if unsupported:
+            raise ValueError("; ".join(unsupported))
+        size, patch = (v[0] if isinstance(v, (list, tuple)) else v
+                       for v in (config.get("image_size", 224), config.get("patch_size", 16)))
+        dim = int(config["hidden_size"])
+        fields = {"image_size": int(size), "patch_size": int(patch),
+                  "in_chans": int(config.get("num_channels", 3)),
+                  "num_classes": len(config.get("id2label") or {}) or int(config.get("num_labels", 2)),
+                  "dim": dim, "depth": int(config["num_hidden_layers"]),
+                  "heads": int(config["num_attention_heads"]),
+                  "mlp_ratio": int(config["intermediate_size"]) / dim,
+                  "layer_norm_eps": float(config.get("layer_norm_eps", LAYER_NORM_EPS))}
+        return cls(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
     def tiny(cls, num_classes: int = 10, image_size: int = 32, in_chans: int = 3) -> ViTConfig:
         """A CPU-sized ViT: patch 4, dim 64, depth 4, heads 4 (28 or 32 px inputs)."""
         return cls(image_size, 4, in_chans, num_classes, 64, 4, 4, 2.0)
+
+
+def unsupported_settings(config: Mapping | None) -> list[str]:
+    """Settings of a transformers ViT config.json that tsfa's ViT does not implement."""
+    if not config or "hidden_size" not in config:  # not a transformers ViT config (e.g. timm's)
+        return []
+    out = []
+    if config.get("hidden_act", "gelu") != "gelu":
+        out.append(f"hidden_act = {config['hidden_act']!r} in config.json; tsfa's ViT uses 'gelu'")
+    if config.get("qkv_bias", True) is not True:
+        out.append("qkv_bias = false in config.json; tsfa's ViT has query/key/value biases")
+    if config.get("model_type", "vit") != "vit":
+        out.append(f"model_type = {config['model_type']!r} in config.json; tsfa maps 'vit' only")
+    return out
 
 
 class Attention(nn.Module):
@@ -115,9 +160,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.attn = Attention(cfg.dim, cfg.heads)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.dim, cfg.mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +183,7 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         self.reset_parameters(generator)
 
@@ -182,83 +227,21 @@ def flops_per_sample(cfg: ViTConfig) -> float:
     return 3.0 * float(forward)
 
 
-# Hugging Face google/vit-base-patch16-224 (ViTForImageClassification) -> ours.
-# The "vit." prefix is optional (ViTModel checkpoints omit it); "vit.pooler.*" is ignored.
-HF_KEY_MAP: tuple[tuple[str, str], ...] = (
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.\1"),
-    (r"encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)",
-     r"blocks.\1.attn.\2.\3"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.out.\2"),
-    (r"encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-    (r"layernorm\.(weight|bias)", r"norm.\1"),
-    (r"classifier\.(weight|bias)", r"head.\1"),
-)
-
-
-def hf_to_tsfa_key(key: str) -> str | None:
-    """Our parameter name for a Hugging Face ViT name, or None if it has no counterpart."""
-    key = key.removeprefix("vit.")
-    for pattern, repl in HF_KEY_MAP:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, repl, key)
-    return None
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a local torch state dict (``torch.load``, weights only) or ``.safetensors`` file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:  # optional; tsfa does not depend on safetensors
-            raise ImportError(f"reading {path} needs the optional 'safetensors' package") from err
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """Outcome of ``load_pretrained``: our keys loaded, ours left as initialised, theirs unused."""
-
-    loaded: tuple[str, ...]
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-
-
-@torch.no_grad()
-def load_pretrained(model: ViT, path: str | Path, include_head: bool = False) -> LoadReport:
-    """Copy weights from a local HF-named (or already tsfa-named) file into ``model``.
-
-    The head is skipped unless ``include_head`` (docs/model.md §1: a new head is trained). Shapes must
-    match exactly (a different image size changes ``pos_embed``: ValueError). Never downloads.
-    """
-    ours = model.state_dict()
-    loaded, unexpected = [], []
-    for key, value in read_state_dict(path).items():
-        name = key if key in ours else hf_to_tsfa_key(key)
-        if name is None or name not in ours:
-            unexpected.append(key)
-            continue
-        if name.startswith("head.") and not include_head:
-            continue
-        if ours[name].shape != value.shape:
-            raise ValueError(f"{key} -> {name}: shape {tuple(value.shape)} in file, "
-                             f"{tuple(ours[name].shape)} in model")
-        ours[name].copy_(value)
-        loaded.append(name)
-    missing = tuple(k for k in ours if k not in set(loaded))
-    return LoadReport(tuple(loaded), missing, tuple(unexpected))
-
-
 def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters (optionally only those with requires_grad)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["ViTConfig", "ViT", "flops_per_sample", "load_pretrained", "hf_to_tsfa_key",
-           "read_state_dict", "LoadReport", "HF_KEY_MAP", "num_parameters"]
+# Checkpoint loading lives in tsfa.fl.checkpoints; these names stay importable from here.
+_MOVED = ("load_pretrained", "load_vit", "hf_to_tsfa_key", "read_state_dict", "LoadReport",
+          "HF_KEY_MAP", "CheckpointError", "vit_config_from_hf")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module("tsfa.fl.checkpoints"), name)
+    raise AttributeError(f"module 'tsfa.fl.vit' has no attribute {name!r}")
+
+
+__all__ = ["ViTConfig", "ViT", "flops_per_sample", "num_parameters", "unsupported_settings",
+           "LAYER_NORM_EPS", *_MOVED]

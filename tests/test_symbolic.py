@@ -12,11 +12,12 @@ from scipy.optimize import minimize_scalar
 from tsfa.maths import bound as bd
 from tsfa.maths import symbolic as sy
 from tsfa.maths import wireless as wl
+from tsfa.maths.payload import full_factor_bits
 
 
 def numeric_offline_objective(variant="inv", **v):
     """J(r) = rank + cov + sparse(rho_bar(r)) (docs/model.md §3, interior branch) from numeric code."""
-    s_full = wl.full_factor_bits(v["r"], v["P"], v["q_b"])
+    s_full = full_factor_bits(v["r"], v["P"], v["q_b"])
     rho_bar = ((v["Tbar"] - v["Tcmp"]) * v["Rbar"] - v["S_head"]) / s_full
     return (bd.rank_term(v["a"] * v["r"] ** (-v["b"]), v["c5"])
             + bd.covariance_term(v["r"], v["eta"], v["tau"], v["G"], v["c3"])
@@ -124,7 +125,7 @@ def test_rho_step_equals_numeric_formula_and_minimises_numeric_p2(seed):
     R = float(wl.rate_bps(w, gamma))
     Gamma = float(bd.sparsification_gamma(rng.uniform(1, 20), 10 ** rng.uniform(-4, -2),
                                           rng.uniform(1, 50), rng.uniform(0.5, 5)))
-    S_full = float(wl.full_factor_bits(16, 36_864, 32))
+    S_full = float(full_factor_bits(16, 36_864, 32))
     S_head = 32 * 76_900
     rho = float(sy.rho_step()(V=V, p_k=p, Gamma=Gamma, R=R, Q=Q, S_full=S_full))
     assert rho == pytest.approx(np.sqrt(V * p * Gamma * R / (Q * S_full)), rel=1e-13)

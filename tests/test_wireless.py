@@ -1,4 +1,5 @@
-"""Tests of tsfa.maths.wireless (docs/model.md §1): rate, ergodic rate, fading, path loss, latency."""
+"""Tests of tsfa.maths.wireless (docs/model.md §1): rate, ergodic rate, fading, path loss, latency
+(the payload: tests/maths/test_payload.py)."""
 
 import math
 
@@ -121,52 +122,6 @@ def test_distances_in_range_and_seeded():
     d = wl.draw_distances_m(_rng(3), 1000, 50.0, 500.0)
     assert d.shape == (1000,) and d.min() >= 50.0 and d.max() <= 500.0
     np.testing.assert_array_equal(d, wl.draw_distances_m(_rng(3), 1000, 50.0, 500.0))
-
-
-# --------------------------------------------------------------------------- payload
-VIT = dict(params_per_rank=36_864, n_modules=24, head_params=76_900)
-
-
-def test_payload_vit_base_hand_count():
-    # ViT-Base q,v: 24 modules of 768 x 768, each rank component is a column of B (768 values)
-    # and a row of A (768 values): 24 x 1536 = 36,864 values per rank component.
-    # r = 16, rho = 1: 36,864 x 16 values x 32 bits = 18,874,368 bits, plus the head
-    # 32 x 76,900 = 2,460,800 bits; no index bits (all components sent).
-    assert wl.payload_bits(16, 1.0, **VIT) == 36_864 * 16 * 32 + 32 * 76_900 == 21_335_168
-    # rho = 1/2: n = ceil(8) = 8 components: 36,864 x 8 x 32 = 9,437,184 bits, the head, and
-    # per module 8 indices of ceil(log2 16) = 4 bits: 24 x 8 x 4 = 768 bits.
-    assert wl.payload_bits(16, 0.5, **VIT) == 36_864 * 8 * 32 + 32 * 76_900 + 24 * 8 * 4
-    # relaxed payload: affine in rho, slope S_full + 24 r ceil(log2 r)
-    assert wl.payload_bits_relaxed(16, 0.5, **VIT) == pytest.approx(
-        0.5 * (36_864 * 16 * 32 + 24 * 16 * 4) + 32 * 76_900)
-    assert wl.full_factor_bits(16, 36_864, 32) == 18_874_368
-
-
-def test_payload_rank_one_has_no_index_bits():
-    assert wl.index_bits_per_component(1) == 0
-    assert wl.index_bits_per_component(2) == 1
-    assert wl.index_bits_per_component(5) == 3
-    assert wl.payload_bits(1, 0.3, **VIT) == 36_864 * 32 + 32 * 76_900
-
-
-@pytest.mark.parametrize(("rank", "rho", "n"), [
-    (8, 3 / 8, 3),        # exact multiple despite round-off
-    (8, 0.3751, 4),       # just above -> ceil
-    (8, 1e-6, 1),         # at least one component
-    (8, 0.0, 1),
-    (8, 1.0, 8),
-    (8, 1.5, 8),          # never more than r
-    (1, 0.01, 1),
-    (64, 1 / 64, 1),
-    (64, 0.5, 32),
-    (10, 0.15, 2),        # ceil(1.5) = 2
-])
-def test_kept_components_edge_cases(rank, rho, n):
-    assert int(wl.kept_components(rank, rho)) == n
-
-
-def test_kept_components_vectorised():
-    np.testing.assert_array_equal(wl.kept_components(16, [1 / 16, 0.25, 0.26, 1.0]), [1, 4, 5, 16])
 
 
 # --------------------------------------------------------------------------- latency

@@ -1,13 +1,13 @@
-"""Server aggregation (tsfa.fl.aggregate, docs/model.md §2, §5, §6)."""
+"""Server aggregation (tsfa.fl.aggregate, docs/model.md §2, §5, §6): both upload protocols."""
 
 import numpy as np
 import pytest
 import torch
 
 from tsfa.fl.aggregate import aggregate, aggregate_factors, fedavg, refactorise, uploaded_deltas
-from tsfa.fl.compress import ILoRA, ModuleUpload, SLoRA, Upload, make_compressor
+from tsfa.fl.compress import SVD, CompressOptions, ILoRA, ModuleUpload, SLoRA, Upload, make_compressor
 
-from .test_compress import random_factors
+from .test_compress import EXACT, random_factors
 
 P = [0.5, 0.3, 0.2]
 
@@ -16,12 +16,17 @@ def client_deltas(gen, k=3):
     return [random_factors(gen, 0.2) for _ in range(k)]
 
 
+def uploads_of(c, params, deltas, rho=0.5):
+    rng = np.random.default_rng(0)
+    return [c.update(d, c.init(params), params, rho, rng)[0] for d in deltas]
+
+
 @pytest.mark.parametrize("normalise", [False, True])
 def test_identity_plus_separate_aggregation_is_fedavg_of_factors(normalise):
     gen = torch.Generator().manual_seed(0)
     params = random_factors(gen)
     deltas = client_deltas(gen)
-    uploads = [ILoRA().update(d, (), params, 0.5, np.random.default_rng(0))[0] for d in deltas]
+    uploads = uploads_of(ILoRA(CompressOptions(**EXACT)), params, deltas)
     new = aggregate(params, uploads, P, normalise=normalise)
     for m, (B, A) in enumerate(params):
         locals_b = [B + d[m][0] for d in deltas]
@@ -30,6 +35,25 @@ def test_identity_plus_separate_aggregation_is_fedavg_of_factors(normalise):
         torch.testing.assert_close(new[m][1], sum(p * a for p, a in zip(P, locals_a, strict=True)))
     head = fedavg([{"w": b[0][0]} for b in deltas], P)
     torch.testing.assert_close(head["w"], sum(p * d[0][0] for p, d in zip(P, deltas, strict=True)))
+
+
+@pytest.mark.parametrize("name", ["soft", "tlora", "rlora", "ilora", "ffa"])
+def test_factor_protocol_at_rho_one_without_ef_is_fedit(name):
+    """Clients send their whole local factors: the server's B, A are sum_k p_k B_k, sum_k p_k A_k
+    (FFA: A frozen and kept)."""
+    gen = torch.Generator().manual_seed(8)
+    params = random_factors(gen)
+    deltas = client_deltas(gen)
+    if name == "ffa":
+        deltas = [[(dB, torch.zeros_like(dA)) for dB, dA in d] for d in deltas]
+    for fill in ("global", "zero"):
+        c = make_compressor(name, error_feedback=False, protocol="factor", fill=fill, **EXACT)
+        new = aggregate(params, uploads_of(c, params, deltas, 1.0), P, protocol="factor", fill=fill)
+        for m, (B, A) in enumerate(params):
+            fedit_b = sum(p * (B + d[m][0]) for p, d in zip(P, deltas, strict=True))
+            fedit_a = sum(p * (A + d[m][1]) for p, d in zip(P, deltas, strict=True))
+            torch.testing.assert_close(new[m][0], fedit_b, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(new[m][1], fedit_a, rtol=1e-12, atol=1e-12)
 
 
 def soft_upload(idx, cols, rows, d_out=3, d_in=2, r=4):
@@ -51,14 +75,30 @@ def test_per_rank_index_aggregation_by_hand():
     torch.testing.assert_close(nb[0], torch.tensor([1.0, 0.0, 1.25, 2.0], dtype=torch.float64))
 
 
+def test_factor_protocol_fill_by_hand():
+    """Local factor values: client 1 sends ranks {0, 2} (value 1), client 2 ranks {2, 3}
+    (value 2); the global B is 10 everywhere. A missing entry is the global value or zero."""
+    B, A = torch.full((3, 4), 10.0, dtype=torch.float64), torch.full((4, 2), 10.0,
+                                                                       dtype=torch.float64)
+    one = torch.ones(3, 2, dtype=torch.float64)
+    ups = [soft_upload([0, 2], one, one[:2]), soft_upload([2, 3], 2 * one, 2 * one[:2])]
+    p = [0.75, 0.25]
+    expect = {"global": [0.75 + 2.5, 10.0, 0.75 + 0.5, 7.5 + 0.5],
+              "zero": [0.75, 0.0, 0.75 + 0.5, 0.5]}
+    for fill, row in expect.items():
+        (nb, _), = aggregate([(B, A)], ups, p, protocol="factor", fill=fill)
+        torch.testing.assert_close(nb[0], torch.tensor(row, dtype=torch.float64))
+        (nb, _), = aggregate([(B, A)], ups, p, normalise=True, protocol="factor", fill=fill)
+        torch.testing.assert_close(nb[0], torch.tensor([1.0, 10.0 if fill == "global" else 0.0,
+                                                        1.25, 2.0], dtype=torch.float64))
+
+
 @pytest.mark.parametrize("name", ["tlora", "rlora"])
 def test_elementwise_aggregation_equals_masked_sum(name):
     gen = torch.Generator().manual_seed(1)
     params = random_factors(gen)
     deltas = client_deltas(gen)
-    c = make_compressor(name, error_feedback=False)
-    rng = np.random.default_rng(0)
-    uploads = [c.update(d, (), params, 0.5, rng)[0] for d in deltas]
+    uploads = uploads_of(make_compressor(name, error_feedback=False, **EXACT), params, deltas)
     new = aggregate(params, uploads, P)
     sent = [uploaded_deltas(u) for u in uploads]
     for m, (B, _) in enumerate(params):
@@ -73,8 +113,8 @@ def test_slora_single_client_full_rank_recovers_local_product():
     gen = torch.Generator().manual_seed(2)
     params = random_factors(gen)
     deltas = random_factors(gen, 0.2)
-    up, _ = SLoRA().update(deltas, (), params, 1.0, np.random.default_rng(0))
-    # rank of (B+dB)(A+dA) <= r, so the refactorised product is exact when p = [1]
+    up, _ = SLoRA(CompressOptions(**EXACT)).update(deltas, (), params, 1.0,
+                                                   np.random.default_rng(0))
     ((B0, A0), (dB, dA)) = params[0], deltas[0]
     new = aggregate(params, [up], [1.0])
     # the upload is only the top-r part of dW (rank <= 2r), so compare against that
@@ -90,24 +130,34 @@ def test_slora_single_client_full_rank_recovers_local_product():
     torch.testing.assert_close(b @ a, W, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("protocol", ["update", "factor"])
+def test_svd_and_slora_servers_agree(protocol):
+    """Same triplets, same server: the factored SVD compressor and SLoRA give one product."""
+    gen = torch.Generator().manual_seed(9)
+    params = random_factors(gen)
+    deltas = client_deltas(gen)
+    opts = CompressOptions(protocol=protocol, **EXACT)
+    new = [aggregate(params, uploads_of(c, params, deltas), P, protocol=protocol)
+           for c in (SVD(opts), SLoRA(opts))]
+    for (b1, a1), (b2, a2) in zip(*new, strict=True):
+        torch.testing.assert_close(b1 @ a1, b2 @ a2, rtol=1e-9, atol=1e-10)
+
+
 def test_separate_aggregation_misses_ideal_by_covariance():
     """docs/model.md §2: sum_k p_k B_k A_k - Bbar Abar = Cov (identity uploads)."""
-    cov_mod = pytest.importorskip("tsfa.maths.covariance")
+    from tsfa.maths.covariance import covariance_frobenius
+
     gen = torch.Generator().manual_seed(3)
     params = random_factors(gen)
     deltas = client_deltas(gen)
-    uploads = [ILoRA().update(d, (), params, 1.0, np.random.default_rng(0))[0] for d in deltas]
+    uploads = uploads_of(ILoRA(CompressOptions(**EXACT)), params, deltas, 1.0)
     (Bn, An) = aggregate(params, uploads, P)[0]
     B, A = params[0]
     ideal = sum(p * (B + d[0][0]) @ (A + d[0][1]) for p, d in zip(P, deltas, strict=True))
     gap = torch.linalg.matrix_norm(ideal - Bn @ An).item()
     dB = np.stack([d[0][0].numpy() for d in deltas])
     dA = np.stack([d[0][1].numpy() for d in deltas])
-    try:
-        cov = float(cov_mod.covariance_frobenius(dB, dA, np.asarray(P)))
-    except (TypeError, ValueError, AttributeError) as err:
-        pytest.skip(f"tsfa.maths.covariance API differs: {err}")
-    assert gap == pytest.approx(cov, rel=1e-9)
+    assert gap == pytest.approx(covariance_frobenius(dB, dA, np.asarray(P)), rel=1e-9)
 
 
 def test_weights_validated():
@@ -118,3 +168,5 @@ def test_weights_validated():
         aggregate(params, [up, up], [1.0])
     with pytest.raises(ValueError, match="non-negative"):
         aggregate(params, [up], [-1.0])
+    with pytest.raises(ValueError, match="correction"):
+        aggregate(params, [up], [1.0], correction="fedex")

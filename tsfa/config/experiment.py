@@ -30,7 +30,12 @@ from tsfa.config.spec import (
 )
 
 TASKS = ("synthetic", "fashion_mnist", "cifar100")
-METHODS = ("soft", "tlora", "rlora", "slora", "ilora")
+METHODS = ("soft", "tlora", "rlora", "slora", "svd", "ilora", "ffa")
+PROPOSED = ("soft",)  # the proposed method(s): error_feedback = "proposed" keeps EF for these only
+UPLOADS = ("update", "factor")
+FILLS = ("global", "zero")
+ERROR_FEEDBACK = ("all", "none", "proposed")
+COV_CORRECTIONS = ("none", "row_space")
 CONTROLLERS = ("tsfa", "fixed", "myopic")
 
 
@@ -45,8 +50,8 @@ class ExperimentSpec(_Section):
                        kind=str)
     pretrained: str = _f("", "local backbone weights (torch state dict or safetensors); empty = "
                          "the task's own backbone", kind=str)
-    method: str = _f("soft", "uplink compressor: soft, tlora, rlora, slora, ilora",
-                     choices=METHODS, kind=str)
+    method: str = _f("soft", "uplink compressor: " + ", ".join(METHODS), choices=METHODS,
+                     kind=str)
     controller: str = _f("tsfa", "per-round policy: tsfa (Lyapunov), fixed (equal bandwidth, "
                          "fixed rho), myopic", choices=CONTROLLERS, kind=str)
     solver: str = _f("joint", "P2 solver of the tsfa controller", choices=("analytic", "joint",
@@ -56,11 +61,41 @@ class ExperimentSpec(_Section):
     rank: int = _f(8, "LoRA rank r", "", 1, 4096, kind=int)
     lora_alpha: float = _f(16.0, "LoRA scaling numerator", "", 0.0, None, lo_open=True, kind=float)
     optimizer: str = _f("adamw", "local optimizer", choices=("adamw", "sgd"), kind=str)
-    error_feedback: bool = _f(True, "keep error-feedback memories on the clients", kind=bool)
+    error_feedback: str = _f("all", "error-feedback memories on the clients: all (every method), "
+                             "none, or proposed (SOFT only; baselines without); true/false read "
+                             "as all/none", choices=ERROR_FEEDBACK, kind=str)
+    upload: str = _f("update", "what clients send: update (compressed changes dB, dA of the "
+                     "factors) or factor (sparsified local factors B_k, A_k, FedIT style)",
+                     choices=UPLOADS, kind=str)
+    factor_fill: str = _f("global", "upload = factor: where a client sent nothing the server takes "
+                          "the global value (global) or zero (zero)", choices=FILLS, kind=str)
+    equal_bits: bool = _f(False, "every compressor fits SOFT's bits at the same rho (values plus "
+                          "index bits); false: SOFT's number of values", kind=bool)
+    cov_correction: str = _f("none", "server correction of separate aggregation (docs/model.md "
+                             "§2): none, or row_space (B += Cov A_bar^T (A_bar A_bar^T + lambda "
+                             "I)^-1, no extra uplink)", choices=COV_CORRECTIONS, kind=str)
+    cov_ridge: float = _f(0.0, "lambda of row_space, relative to trace(A_bar A_bar^T) / r", "",
+                          0.0, None, kind=float)
     num_train: int = _f(20000, "training samples (synthetic task; subsample of real data)", "", 10,
                         None, kind=int)
     num_test: int = _f(1000, "test samples", "", 10, None, kind=int)
     seed: int = _f(0, "seed of every random stream of the run", "", 0, 2**63 - 1, kind=int)
+
+    def __post_init__(self):
+        if isinstance(self.error_feedback, bool):  # the former boolean key
+            object.__setattr__(self, "error_feedback", "all" if self.error_feedback else "none")
+        super().__post_init__()
+
+    def _check(self):
+        if self.cov_correction != "none" and self.method in ("slora", "svd"):
+            raise SpecError(f"experiment.cov_correction = {self.cov_correction!r}: needs a method "
+                            f"that aggregates factors separately, not {self.method!r}")
+
+    @property
+    def uses_error_feedback(self) -> bool:
+        """Whether this run's method keeps error-feedback memories (``error_feedback`` policy)."""
+        return self.error_feedback == "all" or (self.error_feedback == "proposed"
+                                                and self.method in PROPOSED)
 
 
 def default_system() -> SystemSpec:

@@ -160,7 +160,10 @@ class LoraSpec(_Section):
                                 None, kind=int, allow_empty=False)
     lora_alpha: float = _f(16.0, "LoRA scaling numerator (scaling = lora_alpha / r)", "", 0.0, None,
                            lo_open=True, kind=float)
-    bits_per_param: int = _f(32, "bits per transmitted value q_b", "bit", 1, 64, kind=int)
+    bits_per_param: int = _f(32, "bits per transmitted value q_b (training sends real floats: 16, "
+                             "32 or 64)", "bit", 1, 64, kind=int)
+    value_dtype: str = _f("bf16", "float format of 16-bit values on the air: bf16 or fp16",
+                          choices=("bf16", "fp16"), kind=str)
     head_params: int = _f(76_900, "classification-head parameters sent in full (768x100+100)", "",
                           0, None, kind=int)
 

@@ -3,7 +3,8 @@
 The controller works on plain arrays; this module derives them from a
 :class:`~tsfa.config.spec.SystemSpec`, its realised :class:`~tsfa.maths.instance.SystemInstance` and a rank:
 
-* payload slope ``a = S_full(r) + M r ceil(log2 r)`` and head bits ``h`` (relaxed payload, §1);
+* payload slope ``a`` and head bits ``h`` of the method's :class:`~tsfa.maths.payload.PayloadModel`
+  (affine relaxation of its exact count, §1; for SOFT ``a = S_full(r) + M r ceil(log2 r)``);
 * ``rho_min = 1 / r``;
 * penalty normalisation ("V = 1 after normalisation", §7) [DESIGN]: ``Gamma_k = U_k^2 / p_k`` with
   ``U_k = S(rho = 1) / R_bar_k`` the uplink time at rho = 1 on the ergodic equal-bandwidth rate
@@ -20,19 +21,21 @@ import numpy as np
 
 from tsfa.config.spec import SystemSpec
 from tsfa.control.lyapunov import EqualBandwidthPolicy, LyapunovController, MyopicPolicy
-from tsfa.maths import wireless as wl
 from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps
+from tsfa.maths.payload import PayloadModel
 
 POLICIES = ("tsfa", "fixed", "myopic")
 
 
-def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int) -> dict:
-    """Keyword arguments shared by every policy constructor (see module docstring)."""
-    lo, wi = spec.lora, spec.wireless
-    head = float(lo.bits_per_param * lo.head_params)
-    slope = float(wl.payload_bits_relaxed(rank, 1.0, params_per_rank=lo.params_per_rank,
-                                          n_modules=lo.n_modules, head_params=0,
-                                          bits_per_param=lo.bits_per_param))
+def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int,
+                  payload: PayloadModel | None = None) -> dict:
+    """Keyword arguments shared by every policy constructor (see module docstring). ``payload``:
+    the method's payload model (default: SOFT for the spec at ``rank``)."""
+    wi = spec.wireless
+    payload = PayloadModel.from_spec(spec, "soft", rank) if payload is None else payload
+    if payload.rank != rank:
+        raise ValueError(f"payload.rank = {payload.rank}: must equal rank = {rank}")
+    head, slope = float(payload.head_bits), float(payload.slope_bits)
     uplink_s = (slope + head) / equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
     return dict(
         weights=inst.weights,
@@ -49,10 +52,12 @@ def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int) -> dict:
 
 
 def make_policy(spec: SystemSpec, inst: SystemInstance, rank: int, kind: str = "tsfa",
-                solver: str = "joint", fixed_rho: float = 1.0, V: float | None = None):
+                solver: str = "joint", fixed_rho: float = 1.0, V: float | None = None,
+                payload: PayloadModel | None = None):
     """A policy for ``rank``: ``tsfa`` (Lyapunov), ``fixed`` (equal bandwidth, fixed rho) or
-    ``myopic`` (per-round budget, penalty-minimising). ``V`` defaults to ``control.V``."""
-    kwargs = policy_arrays(spec, inst, rank)
+    ``myopic`` (per-round budget, penalty-minimising). ``V`` defaults to ``control.V``;
+    ``payload`` (default SOFT's) sets the planned bits (see :func:`policy_arrays`)."""
+    kwargs = policy_arrays(spec, inst, rank, payload)
     kwargs["V"] = spec.control.V if V is None else float(V)
     if kind == "tsfa":
         return LyapunovController(**kwargs, solver=solver)

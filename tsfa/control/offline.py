@@ -23,18 +23,16 @@ import pandas as pd
 
 from tsfa.config.spec import SystemSpec
 from tsfa.maths import bound as bd
-from tsfa.maths import wireless as wl
 from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, realize
+from tsfa.maths.payload import PayloadModel
 from tsfa.optim.result import INFEASIBLE, OPTIMAL, SolveResult
 
 
 def component_bits(spec: SystemSpec, rank) -> np.ndarray:
-    """S_1(r): bits of one rank component in every module, values plus index [bits]."""
-    lo = spec.lora
-    rank = np.asarray(rank, dtype=float)
-    return wl.payload_bits_relaxed(rank, 1.0, params_per_rank=lo.params_per_rank,
-                                   n_modules=lo.n_modules, head_params=0,
-                                   bits_per_param=lo.bits_per_param) / rank
+    """S_1(r): bits of one rank component in every module, values plus index [bits]: SOFT's
+    planning slope over r (:attr:`tsfa.maths.payload.PayloadModel.slope_bits`)."""
+    one = lambda r: PayloadModel.from_spec(spec, "soft", int(r)).slope_bits / int(r)  # noqa: E731
+    return np.vectorize(one, otypes=[float])(np.asarray(rank))
 
 
 def affordable_components(spec: SystemSpec, inst: SystemInstance, rank) -> np.ndarray:

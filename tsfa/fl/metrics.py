@@ -1,5 +1,6 @@
 """Per-round diagnostics of a federated LoRA run (docs/model.md §2, §5): covariance of the uploaded
-factors, orthogonality defect, and SOFT's importance order against the true singular values.
+factors (and how much of it the row-space correction removes), orthogonality defect, and SOFT's
+importance order against the true singular values.
 
 Pure functions of tensors; float64 throughout so the covariance identity can be checked to 1e-6.
 """
@@ -15,23 +16,26 @@ from scipy.stats import kendalltau
 
 from tsfa.fl.aggregate import uploaded_deltas
 from tsfa.fl.compress import Factors, Upload, soft_importance
+from tsfa.fl.correction import covariance_norms, local_factors
 from tsfa.fl.lora import orthogonality_defect
 from tsfa.maths.covariance import factor_covariance, product_average, separate_average
 
 
-def uploaded_covariance(params: Factors, uploads: Sequence[Upload], p: Sequence[float]):
+def uploaded_covariance(params: Factors, uploads: Sequence[Upload], p: Sequence[float],
+                        protocol: str = "update", fill: str = "global"):
     """Per-module Cov of the factors the clients actually uploaded (docs/model.md §2).
 
-    Client k's factors are (B + dB_k, A + dA_k) with dB_k, dA_k the decoded uploads (zeros where
-    nothing was sent). Returns ``(cov, residual)``: a list of (d_out, d_in) float64 arrays, and
-    the relative residual of the identity sum p_k B_k A_k = B_bar A_bar + Cov (max over modules).
-    ``None, nan`` for product-space (SLoRA) uploads, where factors are not aggregated.
+    Client k's factors are (B + dB_k, A + dA_k) with dB_k, dA_k the delivered changes
+    (:func:`tsfa.fl.aggregate.uploaded_deltas` under ``protocol`` and ``fill``). Returns
+    ``(cov, residual)``: a list of (d_out, d_in) float64 arrays, and the relative residual of the
+    identity sum p_k B_k A_k = B_bar A_bar + Cov (max over modules). ``None, nan`` for product
+    uploads (SLoRA, SVD), where factors are not aggregated.
     """
     if not uploads or any(u.space != "factors" for u in uploads):
         return None, math.nan
     w = np.asarray(p, dtype=float)
     w = w / w.sum()
-    dense = [uploaded_deltas(u) for u in uploads]
+    dense = [uploaded_deltas(u, params, protocol, fill) for u in uploads]
     covs, residual = [], 0.0
     for m, (B, A) in enumerate(params):
         db = np.stack([d[m][0].double().numpy() for d in dense])
@@ -51,6 +55,22 @@ def covariance_norm(covs) -> float:
     if covs is None:
         return math.nan
     return float(math.sqrt(sum(float(np.sum(c * c)) for c in covs)))
+
+
+def covariance_split(params: Factors, uploads: Sequence[Upload], p: Sequence[float],
+                     ridge: float = 0.0, protocol: str = "update",
+                     fill: str = "global") -> dict[str, float]:
+    """||Cov||_F over all modules and its split by the row-space correction (docs/model.md §2):
+    ``cov_fro``, ``cov_removed_fro`` (||dB A_bar||_F) and ``cov_remaining_fro``
+    (||Cov - dB A_bar||_F), each sqrt(sum_m ...^2); computed from factors, no d x d matrix.
+    NaN for product uploads (SLoRA, SVD), which are not aggregated separately."""
+    keys = ("cov_fro", "cov_removed_fro", "cov_remaining_fro")
+    if not uploads or any(u.space != "factors" for u in uploads):
+        return dict.fromkeys(keys, math.nan)
+    sq = np.zeros(3)
+    for Bk, Ak in local_factors(params, uploads, protocol, fill):
+        sq += np.square(covariance_norms(Bk.double(), Ak.double(), p, ridge))
+    return dict(zip(keys, np.sqrt(sq).tolist(), strict=True))
 
 
 def total_orthogonality_defect(params: Factors) -> float:

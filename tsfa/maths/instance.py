@@ -13,6 +13,7 @@ import numpy as np
 
 from tsfa.config.spec import SystemSpec
 from tsfa.maths import wireless as wl
+from tsfa.maths.payload import PayloadModel
 from tsfa.maths.rng import streams
 from tsfa.maths.units import dbm_to_w
 
@@ -43,11 +44,8 @@ def client_weights(data_sizes, num_clients: int) -> np.ndarray:
 
 
 def full_payload_bits(spec: SystemSpec, rank: int) -> float:
-    """Exact bits of an upload at rho = 1 (all factors, head, no index bits)."""
-    lo = spec.lora
-    return float(wl.payload_bits(rank, 1.0, params_per_rank=lo.params_per_rank,
-                                 n_modules=lo.n_modules, head_params=lo.head_params,
-                                 bits_per_param=lo.bits_per_param))
+    """Exact bits of a SOFT upload at rho = 1 (all factors, head, no index bits)."""
+    return float(PayloadModel.from_spec(spec, "soft", rank).bits(1.0))
 
 
 def equal_share_ergodic_rate_bps(spec: SystemSpec, mean_gamma_hz: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Wireless uplink model (docs/model.md §1): path loss, Rayleigh fading, FDMA rate, payload and latency.
+"""Wireless uplink model (docs/model.md §1): path loss, Rayleigh fading, FDMA rate and latency
+(the payload is :mod:`tsfa.maths.payload`).
 
 Pure numpy/scipy. Every random draw takes an explicit ``numpy.random.Generator``.
 Units are in the names: ``_hz``, ``_w``, ``_s``, ``_bits``, ``_m``. The SNR-bandwidth product
@@ -116,78 +117,6 @@ def ergodic_rate_bps(bandwidth_hz: ArrayLike, mean_gamma_hz: ArrayLike) -> np.nd
     """
     w = np.asarray(bandwidth_hz, dtype=float)
     return w * ergodic_spectral_efficiency(np.asarray(mean_gamma_hz, dtype=float) / w)
-
-
-# --------------------------------------------------------------------------- payload
-def kept_components(rank: int, rho: ArrayLike) -> np.ndarray:
-    """Rank components sent per module: ``n = max(1, ceil(rho r))`` (docs/model.md §1).
-
-    A tolerance of 1e-9 guards ``ceil`` against round-off (``rho = 3/8`` at ``r = 8`` gives 3).
-    """
-    rho = np.asarray(rho, dtype=float)
-    n = np.ceil(rho * rank - 1e-9)
-    return np.clip(n, 1, rank).astype(int)
-
-
-def index_bits_per_component(rank: int) -> int:
-    """Bits to name one index out of ``rank`` items: ``ceil(log2 rank)`` (0 for 1), exact for
-    any integer (``(rank - 1).bit_length()``, no floating-point log)."""
-    return (int(rank) - 1).bit_length()
-
-
-def full_factor_bits(rank: ArrayLike, params_per_rank: int, bits_per_param: int) -> np.ndarray:
-    """``S_full(r) = q_b * r * sum_m (d_in^m + d_out^m)`` [bits] (docs/model.md §1).
-
-    ``params_per_rank = sum_m (d_in^m + d_out^m)``; 36,864 for ViT-Base query+value (24 x 1536).
-    """
-    return bits_per_param * np.asarray(rank, dtype=float) * params_per_rank
-
-
-def payload_bits(
-    rank: int,
-    rho: ArrayLike,
-    *,
-    params_per_rank: int,
-    n_modules: int,
-    head_params: int,
-    bits_per_param: int = 32,
-) -> np.ndarray:
-    """Exact uplink payload of one SOFT upload [bits] (docs/model.md §1, exact-count variant).
-
-    ``n = max(1, ceil(rho r))`` components per module, each a column of B and a row of A:
-
-        bits = q_b * n * sum_m (d_in + d_out)          (factor values)
-             + q_b * head_params                         (classification head, sent in full)
-             + [n < r] * n_modules * n * ceil(log2 r)    (rank indices; none when all r are sent)
-
-    For ViT-Base q,v at r = 16 and rho = 1 this is 32 * 36,864 * 16 + 32 * head_params.
-    """
-    n = kept_components(rank, rho)
-    factor = bits_per_param * n * params_per_rank
-    head = bits_per_param * head_params
-    idx = np.where(n < rank, n_modules * n * index_bits_per_component(rank), 0)
-    return (factor + head + idx).astype(float)
-
-
-def payload_bits_relaxed(
-    rank: ArrayLike,
-    rho: ArrayLike,
-    *,
-    params_per_rank: int,
-    n_modules: int,
-    head_params: int,
-    bits_per_param: int = 32,
-) -> np.ndarray:
-    """Continuous payload ``S(rho) = rho S_full(r) + S_head + S_idx`` [bits] used by the solvers.
-
-    ``S_idx = n_modules * rho * r * ceil(log2 r)`` is the index overhead at the same ratio, so
-    the payload stays affine in ``rho`` with slope ``S_full(r) + S_idx / rho`` (docs/model.md §1, §4).
-    """
-    rank = np.asarray(rank, dtype=float)
-    rho = np.asarray(rho, dtype=float)
-    idx_bits = np.where(rank > 1, np.ceil(np.log2(np.maximum(rank, 1.0))), 0.0)
-    slope = full_factor_bits(rank, params_per_rank, bits_per_param) + n_modules * rank * idx_bits
-    return rho * slope + bits_per_param * head_params
 
 
 # --------------------------------------------------------------------------- latency

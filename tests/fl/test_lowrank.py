@@ -77,22 +77,15 @@ def test_svd_at_4096_is_fast_and_never_forms_a_d_by_d_tensor():
     assert up.modules[0].B_values.shape == (d, 2) and state[0][0].shape == (d, 2 * r)
 
 
-def test_svd_memory_is_truncated_to_memory_rank():
+@pytest.mark.parametrize("sends", [True, False])
+def test_svd_memory_stays_factored_and_truncated(sends):
+    """The factored memory keeps 2r triplets, whether the client sends (residual) or defers."""
     gen = torch.Generator().manual_seed(3)
-    params = random_factors(gen, shapes=[(40, 40)], r=4)
-    c = make_compressor("svd", **EXACT)
-    state = c.init(params)
-    for _ in range(3):
-        _, state = c.update(random_factors(gen, 0.3, shapes=[(40, 40)], r=4), state, params, 0.25,
-                            np.random.default_rng(0))
-        assert state[0][0].shape == (40, 8) and state[0][1].shape == (8, 40)  # 2r triplets
-
-
-def test_deferred_svd_memory_stays_factored_and_truncated():
-    gen = torch.Generator().manual_seed(4)
     params = random_factors(gen, shapes=[(40, 30)], r=4)
     c = make_compressor("svd", **EXACT)
     state = c.init(params)
     for _ in range(3):
-        state = c.defer(random_factors(gen, 0.3, shapes=[(40, 30)], r=4), state, params)
-        assert state[0][0].shape == (40, 8)
+        deltas = random_factors(gen, 0.3, shapes=[(40, 30)], r=4)
+        state = c.update(deltas, state, params, 0.25, np.random.default_rng(0))[1] if sends \
+            else c.defer(deltas, state, params)
+        assert state[0][0].shape == (40, 8) and state[0][1].shape == (8, 30)

@@ -169,3 +169,99 @@ def test_term_table_from_bound_terms():
     df, total = bd.term_table(terms)
     assert total == pytest.approx(1.76 + 0.00228 + 0.0325 + 2.268 + 0.243 + 0.16)
     assert df.set_index("term").loc["cov", "share"] == pytest.approx(2.268 / total)
+
+
+# --------------------------------------------------------------------------- covariance forms
+def test_covariance_forms_by_hand():
+    # POINT: r = 8, eta tau = 0.05, G = 3, sigma = 0.5, zeta_h = 1.5, c3 = 1.4
+    # h = (2.25 + 0.25 / 5) / (9 + 2.25) = 2.3 / 11.25
+    # linear_hetero = 1.4 * 8 * 0.05 * 3 * h = 1.68 * 2.3 / 11.25 = 0.343466...
+    p = POINT
+    h = bd.heterogeneity_factor(p["grad_bound"], p["grad_noise"], p["heterogeneity"],
+                                p["local_steps"])
+    assert h == pytest.approx(2.3 / 11.25)
+    new = bd.covariance_term(p["rank"], p["lr"], p["local_steps"], p["grad_bound"], C[3],
+                             form="linear_hetero", grad_noise=p["grad_noise"],
+                             heterogeneity=p["heterogeneity"])
+    assert new == pytest.approx(1.68 * 2.3 / 11.25)
+    terms = bd.bound_terms(rho=RHO, weights=WEIGHTS, eps=0.1, c=C, cov_form="linear_hetero", **p)
+    assert float(terms["cov"]) == pytest.approx(1.68 * 2.3 / 11.25)
+    # the term is G times the predicted E||Cov||_F over eta tau
+    mag = bd.covariance_magnitude(p["rank"], p["lr"], p["local_steps"], p["grad_bound"],
+                                  p["grad_noise"], p["heterogeneity"], C[3])
+    assert 3.0 * mag / 0.05 == pytest.approx(new)
+    # sqrt_r: the term is E||Cov||_F^2 / (eta tau)^2
+    old_mag = bd.covariance_magnitude(p["rank"], p["lr"], p["local_steps"], p["grad_bound"],
+                                      p["grad_noise"], p["heterogeneity"], C[3], "sqrt_r")
+    assert old_mag**2 / 0.05**2 == pytest.approx(2.268)
+
+
+def test_covariance_term_keeps_the_five_argument_call():
+    assert bd.covariance_term(8, 0.01, 5, 3.0, 1.4) == pytest.approx(2.268)  # sqrt_r
+    with pytest.raises(ValueError, match="grad_noise"):
+        bd.covariance_term(8, 0.01, 5, 3.0, 1.4, form="linear_hetero")
+    with pytest.raises(ValueError, match="cubic"):
+        bd.covariance_term(8, 0.01, 5, 3.0, form="cubic")
+    with pytest.raises(ValueError, match="cubic"):
+        bd.covariance_magnitude(8, 0.01, 5, 3.0, 1.0, 1.0, form="cubic")
+
+
+def test_default_form_magnitude_grows_linearly_in_r_the_variant_as_sqrt_r():
+    """Measured ||Cov||_F grows as r^0.91-0.96 (docs/model.md §2): the default predicts slope 1,
+    the sqrt_r variant 0.5."""
+    r = np.array([2, 4, 8, 16])
+    for form, slope in (("linear_hetero", 1.0), ("sqrt_r", 0.5)):
+        m = bd.covariance_magnitude(r, 3e-3, 5, 0.25, 0.25, 0.4, 7.0, form)
+        assert np.polyfit(np.log(r), np.log(m), 1)[0] == pytest.approx(slope)
+
+
+def test_default_form_grows_with_heterogeneity_the_variant_does_not():
+    zeta = np.array([0.0, 0.05, 0.4, 1.0, 100.0])
+    new = bd.covariance_term(4, 3e-3, 5, 0.25, form="linear_hetero", grad_noise=0.25,
+                             heterogeneity=zeta)
+    old = bd.covariance_term(4, 3e-3, 5, 0.25 + 0 * zeta)
+    assert np.all(np.diff(new) > 0) and np.all(np.diff(old) == 0)
+    h = bd.heterogeneity_factor(0.25, 0.25, zeta, 5)
+    assert np.all((h > 0) & (h <= 1)) and h[-1] == pytest.approx(1.0, abs=1e-4)
+    # the pilot statistics of the embedded task (docs/model.md §2): IID vs Dir(0.1), tau = 5
+    h_iid = bd.heterogeneity_factor(np.sqrt(0.0624), np.sqrt(0.0595), np.sqrt(0.0012), 5)
+    h_dir = bd.heterogeneity_factor(np.sqrt(0.0719), np.sqrt(0.0659), np.sqrt(0.205), 5)
+    assert 2.5 < h_dir / h_iid < 5.0
+
+
+def test_term_table_names_the_covariance_form():
+    terms = bd.bound_terms(rho=RHO, weights=WEIGHTS, eps=0.1, c=C, cov_form="linear_hetero",
+                           **POINT)
+    df, _ = bd.term_table(terms, "linear_hetero")
+    assert df.set_index("term").loc["cov", "formula"] == bd.COV_FORMULAS["linear_hetero"]
+    assert bd.COV_FORMS[0] == "linear_hetero"
+
+
+@given(st.lists(st.integers(1, 512), min_size=2, max_size=20, unique=True),
+       st.floats(1e-4, 1), st.integers(1, 50), st.floats(1e-2, 10), st.floats(0, 10),
+       st.floats(0, 10), st.floats(1e-3, 10))
+def test_linear_hetero_increasing_in_r(ranks, eta, tau, G, sigma, zeta, c3):
+    r = np.sort(np.asarray(ranks))
+    term = bd.covariance_term(r, eta, tau, G, c3, form="linear_hetero", grad_noise=sigma,
+                              heterogeneity=zeta)
+    if sigma > 0 or zeta > 0:  # else h = 0: no dissimilarity, no covariance
+        assert np.all(np.diff(term) > 0)
+        np.testing.assert_allclose(term / term[0], r / r[0])
+
+
+def test_covariance_form_is_selectable_in_the_spec():
+    from tsfa.config.spec import SpecError, SystemSpec
+    from tsfa.control.offline import rank_table
+
+    spec = SystemSpec()
+    assert spec.bound.cov_form == "linear_hetero"
+    b, tr = spec.bound, spec.training
+    r = np.asarray(spec.lora.rank_candidates)
+    eta_tau = tr.learning_rate * tr.local_steps
+    h = (b.heterogeneity**2 + b.grad_noise**2 / tr.local_steps) / (b.grad_bound**2
+                                                                   + b.heterogeneity**2)
+    np.testing.assert_allclose(rank_table(spec)["cov_term"], b.c3 * r * eta_tau * b.grad_bound * h)
+    old = spec.replace(**{"bound.cov_form": "sqrt_r"})
+    np.testing.assert_allclose(rank_table(old)["cov_term"], b.c3 * r * eta_tau**2 * b.grad_bound**4)
+    with pytest.raises(SpecError, match="bound.cov_form"):
+        spec.replace(**{"bound.cov_form": "cubic"})

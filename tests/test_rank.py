@@ -43,8 +43,14 @@ def brute_force_rank(spec: SystemSpec) -> int:
             rho = ok.max()
             phis.append((1 - rho) / rho)
         sparse = b.c4 * b.smoothness**2 * tr.learning_rate**2 * tr.local_steps**2 * b.grad_bound**2
-        j = b.c5 * eps + b.c3 * r * (tr.learning_rate * tr.local_steps) ** 2 * b.grad_bound**4 \
-            + sparse * float(np.dot(inst.weights, phis))
+        eta_tau = tr.learning_rate * tr.local_steps
+        if b.cov_form == "sqrt_r":
+            cov = b.c3 * r * eta_tau**2 * b.grad_bound**4
+        else:  # linear_hetero: c3 r eta tau G (zeta_h^2 + sigma^2 / tau) / (G^2 + zeta_h^2)
+            cov = b.c3 * r * eta_tau * b.grad_bound * (
+                b.heterogeneity**2 + b.grad_noise**2 / tr.local_steps) / (
+                b.grad_bound**2 + b.heterogeneity**2)
+        j = b.c5 * eps + cov + sparse * float(np.dot(inst.weights, phis))
         if j < best_j:
             best, best_j = r, j
     return best
@@ -58,6 +64,8 @@ SPECS = {
     "many_clients": SystemSpec().replace(**{"clients.num_clients": 40, "clients.seed": 3}),
     "rich_link": SystemSpec().replace(**{"wireless.tx_power_dbm": 40.0,
                                          "control.latency_budget_s": [40.0], "bound.c3": 0.2}),
+    "sqrt_r": SystemSpec().replace(**{"bound.cov_form": "sqrt_r"}),
+    "heterogeneous": SystemSpec().replace(**{"bound.heterogeneity": 3.0}),
 }
 
 

@@ -6,7 +6,7 @@ option or key and its allowed range. One module per group of commands: :mod:`tsf
 (spec, bound, rank, control), :mod:`tsfa.cli.train` (train, run), :mod:`tsfa.cli.figures`.
 """
 
-from tsfa.cli import figures, plan, train  # noqa: F401  (registers the commands)
+from tsfa.cli import calibrate, figures, plan, train  # noqa: F401  (registers the commands)
 from tsfa.cli.common import app
 
 

@@ -266,6 +266,10 @@ class BoundSpec(_Section):
     c1: float = _f(1.0, "constant of the gradient-noise term", "", 0.0, None, kind=float)
     c2: float = _f(1.0, "constant of the client-drift term", "", 0.0, None, kind=float)
     c3: float = _f(1.0, "constant of the covariance term", "", 0.0, None, kind=float)
+    cov_form: str = _f("linear_hetero", "covariance term: linear_hetero = c3 r eta tau G (zeta_h^2 "
+                       "+ sigma^2/tau) / (G^2 + zeta_h^2) (||Cov||_F linear in r, grows with client "
+                       "dissimilarity), sqrt_r = c3 r eta^2 tau^2 G^4 (earlier form, ||Cov||_F ~ "
+                       "sqrt(r), no heterogeneity)", choices=("linear_hetero", "sqrt_r"), kind=str)
     c4: float = _f(1.0, "constant of the sparsification term", "", 0.0, None, kind=float)
     c5: float = _f(1.0, "constant of the rank term", "", 0.0, None, kind=float)
     smoothness: float = _f(10.0, "smoothness constant L", "", 0.0, None, lo_open=True, kind=float)

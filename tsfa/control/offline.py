@@ -1,7 +1,8 @@
 """TSFA offline stage: choose the LoRA rank by minimising the bound (docs/model.md §3) [DESIGN].
 
-    J(r) = c5 eps(r) + c3 r eta^2 tau^2 G^4 + Gamma sum_k p_k phi(rho_bar_k(r))
+    J(r) = c5 eps(r) + cov(r) + Gamma sum_k p_k phi(rho_bar_k(r)),
 
+cov(r) the covariance term in the spec's form ``bound.cov_form`` (linear in r in both forms),
 with the ratio each client can afford on its ergodic equal-bandwidth rate R_bar_k
 
     rho_bar_k(r) = clip(((Tbar_k - T^cmp_k) R_bar_k - S_head) / S_1(r) / r, 1/r, 1),
@@ -97,7 +98,7 @@ def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None)
     feasible = np.all(affordable_components(spec, inst, ranks) >= 1.0, axis=-1) & np.all(
         inst.budget_s > inst.compute_s)
     rank_t = bd.rank_term(eps, b.c5)
-    cov_t = bd.covariance_term(ranks, tr.learning_rate, tr.local_steps, b.grad_bound, b.c3)
+    cov_t = covariance_of(spec, ranks)
     phi_mean = np.sum(inst.weights * bd.phi(rho, spec.control.phi), axis=-1)  # one round, (R,)
     sparse_t = bd.sparsification_term(phi_mean, b.smoothness, tr.learning_rate, tr.local_steps,
                                       b.grad_bound, b.c4)
@@ -107,6 +108,14 @@ def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None)
         "sparse_term": sparse_t, "J": total, "rho_bar_mean": rho @ inst.weights,
         "rho_bar_min": rho.min(axis=-1), "feasible": feasible,
     })
+
+
+def covariance_of(spec: SystemSpec, ranks) -> np.ndarray:
+    """The covariance term of J(r) in the spec's form ``bound.cov_form`` (docs/model.md §2)."""
+    b, tr = spec.bound, spec.training
+    return bd.covariance_term(ranks, tr.learning_rate, tr.local_steps, b.grad_bound, b.c3,
+                              form=b.cov_form, grad_noise=b.grad_noise,
+                              heterogeneity=b.heterogeneity)
 
 
 def eps_of(spec: SystemSpec, ranks) -> np.ndarray:
@@ -155,7 +164,7 @@ def relaxed_rank(spec: SystemSpec, inst: SystemInstance | None = None, solver: s
     With r = e^y and rho_k = e^{x_k} (phi = (1 - rho)/rho only; the other variants are not DCP
     in this form, so only enumeration serves them), the problem
 
-        min  c5 a e^{-b y} + c3 eta^2 tau^2 G^4 e^y + Gamma sum_k p_k (e^{-x_k} - 1)
+        min  c5 a e^{-b y} + cov(1) e^y + Gamma sum_k p_k (e^{-x_k} - 1)
         s.t. x_k + y <= log m_k   (latency budget on the ergodic equal-bandwidth rate)
              x_k <= 0,  x_k + y >= 0,  log r_min <= y <= log r_max
 
@@ -180,7 +189,7 @@ def relaxed_rank(spec: SystemSpec, inst: SystemInstance | None = None, solver: s
                                f"cvxpy:{solver}", "; ".join(reasons))
     a, b_exp = fit_eps_power(spec)
     bs, tr = spec.bound, spec.training
-    cov_coef = float(bd.covariance_term(1.0, tr.learning_rate, tr.local_steps, bs.grad_bound, bs.c3))
+    cov_coef = float(covariance_of(spec, 1.0))  # both forms are linear in r
     gamma = float(bd.sparsification_gamma(bs.smoothness, tr.learning_rate, tr.local_steps,
                                           bs.grad_bound, bs.c4))
     k = inst.num_clients

@@ -5,6 +5,11 @@ their sum. The three effects named by the paper [PAPER] are the rank term, the s
 term and the covariance term; the form of each term and the constants c0..c5 are tsfa's [DESIGN]
 reconstruction (FedAvg / local-SGD analyses with error feedback). All terms are dimensionless
 (the bound is on the average squared gradient norm in the units of the loss).
+
+The covariance term has two forms (:data:`COV_FORMS`, the spec's ``bound.cov_form``):
+``linear_hetero`` (default: ||Cov||_F linear in r, growing with client dissimilarity, as measured)
+and ``sqrt_r`` (the earlier reconstruction). docs/model.md §2 derives the first and lists the
+measurements that rejected the second.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PHI_VARIANTS = ("inv", "inv_sq", "linear")
+#: Forms of the covariance term (docs/model.md §2); the first is the spec's default.
+COV_FORMS = ("linear_hetero", "sqrt_r")
 
 
 # --------------------------------------------------------------------------- phi
@@ -70,13 +77,78 @@ def drift_term(smoothness, lr, local_steps, grad_noise, heterogeneity, c2=1.0):
                                           + np.asarray(heterogeneity, float) ** 2)
 
 
-def covariance_term(rank, lr, local_steps, grad_bound, c3=1.0):
-    """cov = c3 r eta^2 tau^2 G^4  (docs/model.md §2): bound on E||Cov||_F^2 / (eta tau)^2 times c3.
+def covariance_term_sqrt_r(rank, lr, local_steps, grad_bound, c3=1.0):
+    """cov = c3 r eta^2 tau^2 G^4, the ``sqrt_r`` variant (docs/model.md §2).
 
-    Increasing (linearly) in the rank r: the covariance of separately aggregated factors.
+    Bounds E||Cov||_F^2 / (eta tau)^2 with E||Cov||_F^2 <= c3 r (eta tau)^4 G^4: the r rank-1
+    contributions of Cov add in quadrature, so ||Cov||_F grows as sqrt(r); no heterogeneity.
     """
     eta, tau, g = (np.asarray(x, float) for x in (lr, local_steps, grad_bound))
     return c3 * np.asarray(rank, float) * eta**2 * tau**2 * g**4
+
+
+def covariance_term_linear_hetero(rank, lr, local_steps, grad_bound, grad_noise, heterogeneity,
+                                  c3=1.0):
+    """cov = c3 r eta tau G h, the ``linear_hetero`` form (docs/model.md §2), h from
+    :func:`heterogeneity_factor`.
+
+    It is ``G E||Cov||_F / (eta tau)`` with E||Cov||_F <= c3 r (eta tau)^2 h
+    (:func:`covariance_magnitude`): the r rank-1 contributions of Cov add coherently (they are
+    driven by the same client gradient deviation), so ||Cov||_F is linear in r, and each grows
+    with the client dissimilarity h of tau local steps. Linear in r, like the ``sqrt_r`` term.
+    """
+    eta, tau, g = (np.asarray(x, float) for x in (lr, local_steps, grad_bound))
+    return c3 * np.asarray(rank, float) * eta * tau * g * heterogeneity_factor(
+        grad_bound, grad_noise, heterogeneity, local_steps)
+
+
+def heterogeneity_factor(grad_bound, grad_noise, heterogeneity, local_steps):
+    """h = (zeta_h^2 + sigma^2 / tau) / (G^2 + zeta_h^2), in [0, 1] (docs/model.md §2).
+
+    The client dissimilarity of tau-step updates, drift zeta_h^2 plus sampling noise
+    sigma^2 / tau, relative to the second moment G^2 + zeta_h^2 of a client's own stochastic
+    gradient, which normalises the steps of an adaptive optimiser (AdamW, the default).
+    """
+    g2, s2, z2 = (np.asarray(x, float) ** 2 for x in (grad_bound, grad_noise, heterogeneity))
+    return (z2 + s2 / np.asarray(local_steps, float)) / (g2 + z2)
+
+
+def covariance_term(rank, lr, local_steps, grad_bound, c3=1.0, *, form="sqrt_r", grad_noise=None,
+                    heterogeneity=None):
+    """The covariance term of the bound (docs/model.md §2) in the form ``form`` (:data:`COV_FORMS`).
+
+    ``linear_hetero`` (the spec's default, ``bound.cov_form``) needs ``grad_noise`` (sigma) and
+    ``heterogeneity`` (zeta_h); ``sqrt_r`` is the earlier reconstruction. The keyword default
+    ``sqrt_r`` keeps the five-argument call of earlier code; spec-driven callers pass
+    ``form=spec.bound.cov_form``. Both forms are linear and increasing in r.
+    """
+    if form == "sqrt_r":
+        return covariance_term_sqrt_r(rank, lr, local_steps, grad_bound, c3)
+    if form == "linear_hetero":
+        if grad_noise is None or heterogeneity is None:
+            raise ValueError("covariance_term: form 'linear_hetero' needs grad_noise (sigma) and "
+                             "heterogeneity (zeta_h); form 'sqrt_r' does not")
+        return covariance_term_linear_hetero(rank, lr, local_steps, grad_bound, grad_noise,
+                                             heterogeneity, c3)
+    raise ValueError(f"covariance form {form!r}: must be one of {', '.join(COV_FORMS)}")
+
+
+def covariance_magnitude(rank, lr, local_steps, grad_bound, grad_noise, heterogeneity, c3=1.0,
+                         form="linear_hetero"):
+    """The ||Cov||_F that form ``form`` predicts (docs/model.md §2), for calibration.
+
+    ``linear_hetero``: E||Cov||_F = c3 r (eta tau)^2 h (:func:`heterogeneity_factor`);
+    ``sqrt_r``: sqrt(E||Cov||_F^2) = sqrt(c3 r) (eta tau)^2 G^2. The covariance term is
+    G times the first over eta tau, or the square of the second over (eta tau)^2.
+    """
+    eta_tau = np.asarray(lr, float) * np.asarray(local_steps, float)
+    r = np.asarray(rank, float)
+    if form == "linear_hetero":
+        return c3 * r * eta_tau**2 * heterogeneity_factor(grad_bound, grad_noise, heterogeneity,
+                                                          local_steps)
+    if form == "sqrt_r":
+        return np.sqrt(c3 * r) * eta_tau**2 * np.asarray(grad_bound, float) ** 2
+    raise ValueError(f"covariance form {form!r}: must be one of {', '.join(COV_FORMS)}")
 
 
 def sparsification_gamma(smoothness, lr, local_steps, grad_bound, c4=1.0):
@@ -161,43 +233,53 @@ def fit_power_law(rank: ArrayLike, eps: ArrayLike, dim: int) -> float:
 
 
 # --------------------------------------------------------------------------- table
+#: The covariance term's formula per form (:data:`COV_FORMS`).
+COV_FORMULAS = {"linear_hetero": "c3 r eta tau G (zeta_h^2 + sigma^2/tau) / (G^2 + zeta_h^2)",
+                "sqrt_r": "c3 r eta^2 tau^2 G^4"}
+
 TERM_FORMULAS = {
     "init": "c0 (F0 - F*) / (eta tau T)",
     "noise": "c1 L eta sigma^2 sum_k p_k^2",
     "drift": "c2 L^2 eta^2 tau^2 (sigma^2 + zeta_h^2)",
-    "cov": "c3 r eta^2 tau^2 G^4",
+    "cov": COV_FORMULAS["sqrt_r"],  # the keyword default of bound_terms; see term_table
     "sparse": "c4 L^2 eta^2 tau^2 G^2 mean_t sum_k p_k phi(rho_k^t)",
     "rank": "c5 eps(r)",
 }
 
 
 def bound_terms(*, rank, rho, weights, eps, lr, local_steps, rounds, smoothness, grad_bound,
-                grad_noise, heterogeneity, initial_gap, c=(1.0,) * 6, phi_variant="inv"):
+                grad_noise, heterogeneity, initial_gap, c=(1.0,) * 6, phi_variant="inv",
+                cov_form="sqrt_r"):
     """All six terms of the bound (docs/model.md §2) as a dict of arrays; ``c = (c0, ..., c5)``.
 
-    ``rho``: per-client ratios (K,), or a (T, K) history; ``eps``: eps(r) for the same rank.
+    ``rho``: per-client ratios (K,), or a (T, K) history; ``eps``: eps(r) for the same rank;
+    ``cov_form``: the covariance term's form (:func:`covariance_term`; spec-driven callers pass
+    ``spec.bound.cov_form``).
     """
     c0, c1, c2, c3, c4, c5 = c
     return {
         "init": init_term(initial_gap, lr, local_steps, rounds, c0),
         "noise": noise_term(weights, smoothness, lr, grad_noise, c1),
         "drift": drift_term(smoothness, lr, local_steps, grad_noise, heterogeneity, c2),
-        "cov": covariance_term(rank, lr, local_steps, grad_bound, c3),
+        "cov": covariance_term(rank, lr, local_steps, grad_bound, c3, form=cov_form,
+                               grad_noise=grad_noise, heterogeneity=heterogeneity),
         "sparse": sparsification_term(mean_phi(rho, weights, phi_variant), smoothness, lr,
                                       local_steps, grad_bound, c4),
         "rank": rank_term(eps, c5),
     }
 
 
-def term_table(terms: dict) -> tuple[pd.DataFrame, float]:
-    """Labelled term table (term, formula, value, share of total) and the total bound."""
+def term_table(terms: dict, cov_form: str = "sqrt_r") -> tuple[pd.DataFrame, float]:
+    """Labelled term table (term, formula, value, share of total) and the total bound;
+    ``cov_form`` names the form the covariance term was computed in."""
     import pandas as pd
 
+    formulas = {**TERM_FORMULAS, "cov": COV_FORMULAS[cov_form]}
     values = {k: float(np.asarray(v)) for k, v in terms.items()}
     total = float(sum(values.values()))
     df = pd.DataFrame({
         "term": list(values),
-        "formula": [TERM_FORMULAS[k] for k in values],
+        "formula": [formulas[k] for k in values],
         "value": list(values.values()),
         "share": [v / total if total > 0 else np.nan for v in values.values()],
     })

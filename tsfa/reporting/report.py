@@ -34,8 +34,8 @@ def bound_report(spec: SystemSpec, rank: int | None = None, rho: float | None = 
         local_steps=tr.local_steps, rounds=tr.rounds, smoothness=b.smoothness,
         grad_bound=b.grad_bound, grad_noise=b.grad_noise, heterogeneity=b.heterogeneity,
         initial_gap=b.initial_gap, c=(b.c0, b.c1, b.c2, b.c3, b.c4, b.c5),
-        phi_variant=spec.control.phi)
-    table, total = bd.term_table(terms)
+        phi_variant=spec.control.phi, cov_form=b.cov_form)
+    table, total = bd.term_table(terms, b.cov_form)
     return {"rank": int(rank), "rho": rho_k, "rho_mean": float(rho_k @ inst.weights),
             "terms": table, "total": total}
 

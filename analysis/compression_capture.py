@@ -3,8 +3,9 @@ deliver per round, in factor space and in product space? (issue 4: SOFT vs TLoRA
 fixed rho = 1/8, docs/model.md §5-§6.)
 
 The default :class:`~tsfa.config.experiment.RunConfig` (embedded synthetic task) is run round by round
-through the public pieces of :class:`~tsfa.fl.loop.Trainer` (``decide``, ``client_update``,
-``finish_round``): exactly the trajectory of ``tsfa train --method M --controller fixed --rho P``.
+through the public pieces of the in-process engine (:class:`~tsfa.engines.local.LocalEngine`:
+``Server.plan``, ``Client.train`` / ``Client.respond``, ``Server.finish``): exactly the trajectory
+of ``tsfa train --method M --controller fixed --rho P --clients sequential``.
 Nothing in tsfa/ is changed. For every round t, client k and LoRA module m, with B, A the round's
 global factors, dB, dA the client's local change and e its error-feedback memory before the round:
 
@@ -52,10 +53,10 @@ import pandas as pd
 import torch
 
 from tsfa.config.experiment import RunConfig
+from tsfa.engines.local import LocalEngine
 from tsfa.fl.compress import COMPRESSORS, decode, n_keep
-from tsfa.fl.loop import Trainer
-from tsfa.fl.lora import get_factors
-from tsfa.reporting.results import prepare_dir, write_table
+from tsfa.fl.device import set_threads
+from tsfa.reporting.results import final_accuracy, md_table, prepare_dir, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "results" / "compression_capture"
@@ -141,25 +142,26 @@ def run_method(base: RunConfig, method: str, rounds: int, log) -> tuple[list, li
     """Run ``method`` for ``rounds`` rounds, measuring every upload. Returns (capture rows,
     server rows, the run's own round rows)."""
     cfg = base.replace(**{"experiment.method": method, "training.rounds": rounds})
-    if not cfg.experiment.error_feedback:
+    if not cfg.experiment.uses_error_feedback:
         raise ValueError("this diagnostic measures the error-feedback compensated update")
-    trainer = Trainer(cfg)
-    seed, p = cfg.experiment.seed, [float(w) for w in trainer.weights]
-    state = trainer.initial_state()
+    engine = LocalEngine(cfg, clients="sequential")
+    seed, p = cfg.experiment.seed, [float(w) for w in engine.server.weights]
+    server, states = engine.initial_states()
     cap_rows, srv_rows, round_rows = [], [], []
     for t in range(rounds):
         t0 = time.perf_counter()
-        params, head, memories = state["factors"], state["head"], state["memories"]
-        plan = trainer.decide(t, state["queues"])
-        updates, pend, sent = [], [], []
-        for k in range(len(trainer.client_data)):
+        glob = server.model
+        params = glob.factors
+        plan = engine.server.plan(server)
+        updates, new_states, pend, sent = [], [], [], []
+        for k, client in enumerate(engine.clients):
             rho = float(plan.rho[k])
-            u = trainer.client_update(t, k, params, head, memories[k], rho)
-            local = get_factors(trainer.model)  # the client's trained factors (before aggregation)
+            local = client.train(glob, t)  # the client's trained factors (before aggregation)
+            u, st = client.respond(glob, local, states[k], plan.task(k))
             S = decode(u.upload)
             M = [(b1 - b0 + eb, a1 - a0 + ea) for (b1, a1), (b0, a0), (eb, ea)
-                 in zip(local, params, memories[k], strict=True)]
-            for (MB, MA), (SB, SA), (eB, eA) in zip(M, S, u.memory, strict=True):
+                 in zip(local.factors, params, states[k].memory, strict=True)]
+            for (MB, MA), (SB, SA), (eB, eA) in zip(M, S, st.memory, strict=True):
                 if not (torch.allclose(MB, eB + SB, atol=1e-6) and torch.allclose(MA, eA + SA,
                                                                                   atol=1e-6)):
                     raise AssertionError(f"round {t} client {k}: M != e_new + decode(upload)")
@@ -169,30 +171,30 @@ def run_method(base: RunConfig, method: str, rounds: int, log) -> tuple[list, li
                 row = {"round": t, "method": method, "client": k, "module": m, "rho": rho}
                 row.update(module_metrics(B, A, MB, MA, SB, SA, n_keep(rho, B.shape[1]),
                                           mu.rank_index if method == "soft" else None))
-                row["fresh_norm2"] = sq(local[m][0] - B) + sq(local[m][1] - A)
+                row["fresh_norm2"] = (sq(local.factors[m][0] - B)
+                                      + sq(local.factors[m][1] - A))
                 row.update(counterfactual(B, A, MB, MA, rho, rng))
                 cap_rows.append(row)
             updates.append(u)
+            new_states.append(st)
             pend.append(M)
             sent.append(S)
-        new_params, new_head, queues, round_row, _ = trainer.finish_round(
-            t, params, state["queues"], plan, updates, t0)
+        server, record = engine.server.finish(server, plan, updates, t0)
+        states = new_states
         for m, (B, A) in enumerate(params):
             Mb = sum(w * x[m][0] for w, x in zip(p, pend, strict=True))
             Ma = sum(w * x[m][1] for w, x in zip(p, pend, strict=True))
             Sb = sum(w * x[m][0] for w, x in zip(p, sent, strict=True))
             Sa = sum(w * x[m][1] for w, x in zip(p, sent, strict=True))
             Pbar = sum(w * product(B, A, *x[m]) for w, x in zip(p, pend, strict=True))
-            B1, A1 = new_params[m]
+            B1, A1 = server.model.factors[m]
             srv_rows.append({
                 "round": t, "method": method, "module": m,
                 "server_factor_capture": 1.0 - (sq(Mb - Sb) + sq(Ma - Sa)) / (sq(Mb) + sq(Ma)),
                 "server_product_capture": capture(Pbar, B1 @ A1 - B @ A),
                 "server_full_product_capture": capture(Pbar, product(B, A, Mb, Ma))})
-        state = {"round": t + 1, "factors": new_params, "head": new_head,
-                 "memories": [u.memory for u in updates], "queues": queues}
-        round_rows.append({"method": method, **round_row})
-        log(f"{method} round {t + 1}/{rounds}: acc {round_row['accuracy']:.3f}  "
+        round_rows.append({"method": method, **record.round})
+        log(f"{method} round {t + 1}/{rounds}: acc {record.round['accuracy']:.3f}  "
             f"({time.perf_counter() - t0:.1f} s)")
     return cap_rows, srv_rows, round_rows
 
@@ -212,8 +214,8 @@ def summaries(cap: pd.DataFrame, srv: pd.DataFrame, rounds: pd.DataFrame
     cap = cap.assign(memory_ratio=cap["pending_norm2"] / cap["fresh_norm2"])
     cols = [c for c in CLIENT_COLS if c in cap] + ["memory_ratio"]
     per = cap.groupby("method")[cols].mean().join(srv.groupby("method")[SERVER_COLS].mean())
-    last = rounds.sort_values("round").groupby("method").last()
-    per = per.join(last[["accuracy"]].rename(columns={"accuracy": "final_accuracy"}))
+    last = {m: final_accuracy(g, last=1) for m, g in rounds.groupby("method")}  # last round
+    per = per.join(pd.Series(last, name="final_accuracy"))
     per = per.sort_index(key=lambda s: s.map(order)).reset_index()
     by_round = (cap.groupby(["round", "method"])[["factor_capture", "product_capture",
                                                   "svd_capture", "memory_ratio"]].mean()
@@ -228,15 +230,6 @@ def summaries(cap: pd.DataFrame, srv: pd.DataFrame, rounds: pd.DataFrame
     return per, by_round
 
 
-def md_table(df: pd.DataFrame, digits: int = 3) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in r]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=30)
@@ -244,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rho", type=float, default=RHO)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    set_threads(args.threads)
     base = RunConfig().replace(**{"experiment.controller": "fixed", "experiment.rho": args.rho,
                                   "experiment.seed": args.seed, "training.rounds": args.rounds})
     t0 = time.perf_counter()
@@ -270,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"# Compression capture, rho = {args.rho:g}, seed {args.seed}, T = {args.rounds}\n\n"
             "Generated by `python analysis/compression_capture.py` (definitions in its "
             "docstring).\n\n## Mean per method (rounds, clients, modules)\n\n"
-            + md_table(per.set_index("method").T.reset_index().rename(columns={"index": "metric"}))
-            + "\n\n## Per-round means\n\n" + md_table(by_round) + "\n")
+            + md_table(per.set_index("method").T.reset_index().rename(columns={"index": "metric"}),
+                       3)
+            + "\n\n## Per-round means\n\n" + md_table(by_round, 3) + "\n")
     (out / "summary.md").write_text(text, encoding="utf-8")
     print(text)
 

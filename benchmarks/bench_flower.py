@@ -18,7 +18,7 @@ import torch
 
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.flower import train_flower
-from tsfa.fl.loop import Trainer, train
+from tsfa.engines.local import LocalEngine, train
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     cfg = RunConfig().replace(**{"clients.num_clients": args.clients,
                                  "training.rounds": args.rounds})
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    Trainer(cfg)  # warm imports and caches, so neither engine pays them in the timing
+    LocalEngine(cfg, clients="sequential")  # warm imports and caches (neither engine pays them)
     t = time.perf_counter()
-    local = train(cfg)
+    local = train(cfg, clients="sequential")  # the pool the Flower clients match
     local_s = time.perf_counter() - t
     t = time.perf_counter()
     flower = train_flower(cfg, num_cpus=args.num_cpus, client_cpus=1)

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from tsfa.config.experiment import RunConfig
+from tsfa.fl.client import local_train
 from tsfa.fl.compress import make_compressor
-from tsfa.fl.loop import local_train
 from tsfa.fl.lora import apply_lora, get_factors, set_factors
 from tsfa.fl.synthetic import SyntheticConfig
 from tsfa.fl.vit import ViT

@@ -73,3 +73,70 @@ def test_rank_json_reports_optimum_and_sensitivity():
 def test_module_invocation_prints_help():
     out = subprocess.run([sys.executable, "-m", "tsfa", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "rank" in out.stdout
+
+
+# --------------------------------------------------------------------------- train and run
+TINY_RUN = """
+[experiment]
+num_train = 300
+num_test = 100
+
+[clients]
+num_clients = 3
+
+[training]
+local_steps = 2
+batch_size = 16
+rounds = 2
+"""
+
+
+def _r_star(output: str) -> int:
+    import re
+
+    return int(re.search(r"r\* = (\d+)", output).group(1))
+
+
+def _trained_rank(folder) -> int:
+    import tomllib
+
+    return tomllib.loads((folder / "config.toml").read_text())["experiment"]["rank"]
+
+
+@pytest.mark.slow
+def test_run_trains_at_the_r_star_it_printed(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN)
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "out"), "--rounds", "2",
+                              "--control-rounds", "20", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    r_star, train = _r_star(res.output), tmp_path / "out" / "train"
+    assert _trained_rank(train) == r_star
+    assert json.loads((train / "metadata.json").read_text())["r_star"] == r_star
+    table = (train / "rank_table.csv").read_text()
+    assert table.startswith("rank,") and ",J," in table.splitlines()[0]
+    assert (tmp_path / "out" / "rank" / "rank_table.csv").is_file()
+
+
+@pytest.mark.slow
+def test_train_rank_auto_trains_at_r_star_and_resume_refuses_another_config(tmp_path):
+    cfg, out = tmp_path / "run.toml", tmp_path / "auto"
+    cfg.write_text(TINY_RUN)
+    args = ["train", str(cfg), "--rank", "auto", "--out", str(out), "--threads", "1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert _trained_rank(out) == _r_star(res.output)
+    assert (out / "rank_table.csv").is_file() and (out / "rounds.csv").is_file()
+    res = runner.invoke(app, [*args, "--resume", "--seed", "3"])
+    assert res.exit_code == 2 and "experiment.seed" in res.output
+
+
+@pytest.mark.parametrize("args, key", [
+    (["train", "--rank", "two"], "--rank"),
+    (["train", "--device", "tpu"], "--device"),
+    (["train", "--precision", "fp8"], "--precision"),
+    (["train", "--clients", "parallel"], "--clients"),
+])
+def test_bad_training_options_exit_2_naming_the_option(args, key):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and key in res.output and "Traceback" not in res.output

@@ -9,16 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsfa.experiments.runs import analysis_config, canonical, config_hash
+from tsfa.experiments.cache import canonical, config_hash
+from tsfa.experiments.runs import analysis_config
 from tsfa.reporting.figures import FIGURES, make_all, make_figure
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def figdir(tmp_path_factory):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("figures")
     make_all(out, "tiny", log=lambda *a: None)
+    torch.set_num_threads(before)
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tsfa.config.experiment import METHODS, RunConfig
-from tsfa.fl.loop import train
+from tsfa.engines.local import train
 
 pytestmark = pytest.mark.slow
 

@@ -1,10 +1,10 @@
 """tsfa on Flower's simulation engine (Ray) against the in-process engine (tsfa[flower] extra).
 
-Both engines run the same functions with the same stateless random substreams; with torch's
-intra-op thread count the same in the driver and in the Ray actors (1 here; a Ray actor with
-num_cpus = 1 runs torch single-threaded) every logged metric is bit-identical. With a different
-thread count only the float32 reduction order of local training changes (relative differences
-~1e-6 in train_loss, cov_fro, orth_defect; see docs/flower.md).
+Both engines drive the same Server and Clients with the same stateless random substreams; with
+torch's intra-op thread count the same in the driver and in the Ray actors (1 here; a Ray actor
+with num_cpus = 1 runs torch single-threaded) every logged metric equals the in-process engine's
+sequential client pool bit for bit. With a different thread count only the float32 reduction
+order of local training changes (relative differences ~1e-6; see docs/flower.md).
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ import torch
 
 pytest.importorskip("flwr")
 
+from flwr.app import ConfigRecord, Context, RecordDict  # noqa: E402
+
 from tsfa.config.experiment import RunConfig  # noqa: E402
 from tsfa.engines.flower import records  # noqa: E402
+from tsfa.engines.flower.client_app import _CLIENTS, client_for, client_round  # noqa: E402
 from tsfa.engines.flower.settings import out_from_flower, run_config_from_flower  # noqa: E402
-from tsfa.fl.compress import make_compressor  # noqa: E402
-from tsfa.fl.loop import Trainer, train  # noqa: E402
+from tsfa.engines.local import LocalEngine, train  # noqa: E402
+from tsfa.fl.client import Client, ClientTask  # noqa: E402
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.usefixtures("one_thread")]
 
 
 def tiny(method="soft", rounds=2, **extra) -> RunConfig:
@@ -32,20 +35,12 @@ def tiny(method="soft", rounds=2, **extra) -> RunConfig:
         "training.rounds": rounds, **extra})
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.parametrize("method", ["soft", "tlora", "rlora", "slora", "ilora"])
-def test_upload_and_memory_records_round_trip_exactly(method):
-    trainer = Trainer(tiny(method))
-    trainer.compressor = make_compressor(method, True)
-    state = trainer.initial_state()
-    u = trainer.client_update(0, 1, state["factors"], state["head"], state["memories"][1], 0.5)
+@pytest.mark.parametrize("method, bits", [("soft", 32), ("tlora", 32), ("rlora", 32),
+                                          ("slora", 32), ("ilora", 32), ("soft", 16)])
+def test_upload_and_memory_records_round_trip_exactly(method, bits):
+    e = LocalEngine(tiny(method, **{"lora.bits_per_param": bits}), clients="sequential")
+    server, clients = e.initial_states()
+    u, state = e.clients[1].step(server.model, clients[1], ClientTask(0, 0.5))
     upload, head = records.record_to_upload(records.upload_to_record(u.upload, u.head),
                                             records.upload_meta(u.upload))
     assert (upload.method, upload.space) == (u.upload.method, u.upload.space)
@@ -56,16 +51,52 @@ def test_upload_and_memory_records_round_trip_exactly(method):
             assert (x is None) == (y is None)
             if x is not None:
                 assert x.dtype == y.dtype and torch.equal(x, y)
-    assert all(torch.equal(head[k], u.head[k]) for k in u.head)
-    memory = records.record_to_memory(records.memory_to_record(u.memory))
-    assert [len(m) for m in memory] == [len(m) for m in u.memory]
-    assert all(torch.equal(x, y) for m, n in zip(memory, u.memory, strict=True)
+    assert all(head[k].dtype == u.head[k].dtype and torch.equal(head[k], u.head[k])
+               for k in u.head)
+    memory = records.record_to_memory(records.memory_to_record(state.memory))
+    assert [len(m) for m in memory] == [len(m) for m in state.memory]
+    assert all(torch.equal(x, y) for m, n in zip(memory, state.memory, strict=True)
                for x, y in zip(m, n, strict=True))
-    factors, head2 = records.record_to_model(records.model_to_record(state["factors"],
-                                                                     state["head"]))
+    glob = records.record_to_model(records.model_to_record(server.model))
     assert all(torch.equal(b, b0) and torch.equal(a, a0)
-               for (b, a), (b0, a0) in zip(factors, state["factors"], strict=True))
-    assert all(torch.equal(head2[k], state["head"][k]) for k in head2)
+               for (b, a), (b0, a0) in zip(glob.factors, server.model.factors, strict=True))
+    assert all(torch.equal(glob.head[k], server.model.head[k]) for k in glob.head)
+
+
+def test_a_client_process_builds_only_a_client(monkeypatch):
+    """handle_train builds Clients (model, each client's data slice, compressor) and nothing of
+    the server: no Server, policy, system realisation or test set."""
+    import tsfa.control.from_spec
+    import tsfa.fl.server
+    import tsfa.maths.instance
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a client process built a server object")
+
+    for module, name in ((tsfa.fl.server.Server, "__init__"), (tsfa.fl.server, "test_data"),
+                         (tsfa.maths.instance, "realize"), (tsfa.control.from_spec, "make_policy")):
+        monkeypatch.setattr(module, name, forbidden)
+    cfg, k = tiny(), 2
+    _CLIENTS.clear()
+    client = client_for(cfg, k)
+    content = RecordDict({"arrays": records.model_to_record(_global(client)),
+                          "config": ConfigRecord({"round": 0, "rho": 0.5, "send": True})})
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": k}, state=RecordDict(),
+                  run_config={})
+    reply = client_round(cfg, content, ctx)
+    assert set(reply.keys()) == {"client", "metrics", "upload", "upload_meta"}
+    assert "tsfa.memory" in ctx.state
+    assert all(type(c) is Client for c in _CLIENTS[cfg.to_toml()])
+    assert set(vars(client)) == {"index", "data", "model", "compressor", "settings"}
+    assert client.num_examples == int(reply["metrics"]["num-examples"])
+    _CLIENTS.clear()
+
+
+def _global(client):
+    from tsfa.fl.client import GlobalModel
+    from tsfa.fl.lora import get_factors, get_head_state
+
+    return GlobalModel(get_factors(client.model), get_head_state(client.model))
 
 
 def test_run_config_from_flower_applies_dotted_keys():
@@ -79,17 +110,18 @@ def test_run_config_from_flower_applies_dotted_keys():
 
 
 @pytest.mark.slow
-def test_flower_engine_matches_in_process_engine(tmp_path, one_thread):
+def test_flower_engine_matches_in_process_engine(tmp_path):
     """3 simulated clients, 2 rounds, SOFT + TSFA controller: identical metrics per round and
     per client (decisions, bits, latencies, queues, accuracy, covariance, ...)."""
     from tsfa.engines.flower import train_flower
 
     cfg = tiny()
-    local = train(cfg)
+    local = train(cfg, clients="sequential")
     flower = train_flower(cfg, out=tmp_path / "flower", num_cpus=2, client_cpus=1)
     pd.testing.assert_frame_equal(local.rounds.drop(columns="wall_s"),
                                   flower.rounds.drop(columns="wall_s"), check_exact=True)
     pd.testing.assert_frame_equal(local.clients, flower.clients, check_exact=True)
     assert len(flower.rounds) == 2 and np.all(flower.rounds["mean_queue_s"] >= 0)
-    for name in ("config.toml", "metadata.json", "rounds.csv", "clients.csv", "partition.csv"):
+    for name in ("config.toml", "metadata.json", "rounds.csv", "clients.csv", "partition.csv",
+                 "rank_table.csv"):
         assert (tmp_path / "flower" / name).exists()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tsfa.cli.common import app, console, fail
+from tsfa.cli.train import ClientsOpt, DeviceOpt, PrecisionOpt, ThreadsOpt, run_options
 from tsfa.config.spec import SpecError
 
 
@@ -16,7 +17,7 @@ def figures_cmd(
     out: Annotated[Path, typer.Option(help="Output directory (PNG, PDF, CSV per figure).")] = Path(
         "figures"),
     quick: Annotated[bool, typer.Option(
-        "--quick", help="Small runs (5 clients, 24 rounds): under 15 min on 2 CPU cores.")] = False,
+        "--quick", help="Small runs (5 clients, 24 rounds).")] = False,
     size: Annotated[str | None, typer.Option(
         help="Run size: tiny (test suite), quick or full (default: full, or quick with "
         "--quick).")] = None,
@@ -24,10 +25,15 @@ def figures_cmd(
         help="Only this figure (repeatable), e.g. fig5_control_v.")] = None,
     store: Annotated[Path | None, typer.Option(
         help="Run cache directory (default OUT/runs); finished runs are reused.")] = None,
+    clients: ClientsOpt = "batched",
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Regenerate the eight figures of docs/model.md §7 from cached runs (tsfa's reconstruction on its
-    embedded task, not the paper's results). Configurations: analysis/*.toml."""
+    """Regenerate the eight figures of docs/model.md §7 from cached runs (tsfa's reconstruction on
+    its embedded task, not the paper's results). Configurations ship with the package."""
     from tsfa.reporting.figures import FIGURES, make_all
+    from tsfa.reporting.progress import progress_bar
 
     size = size or ("quick" if quick else "full")
     if size not in ("tiny", "quick", "full"):
@@ -35,8 +41,18 @@ def figures_cmd(
     bad = [n for n in only or [] if n not in FIGURES]
     if bad:
         fail(f"--only = {bad[0]!r}: must be one of {', '.join(FIGURES)}")
+    options = run_options(clients, device, precision, threads)
+    names = only or list(FIGURES)
     try:
-        timing = make_all(out, size, only or None, store, log=console.print)
+        with progress_bar(len(names), description="figures") as update:
+            done = []
+
+            def advance(name: str, seconds: float) -> None:
+                done.append(name)
+                update(len(done), f"{name} {seconds:.0f} s")
+
+            timing = make_all(out, size, names, store, log=console.print, on_figure=advance,
+                              **options)
     except (OSError, ValueError, SpecError) as exc:
         fail(str(exc))
     console.print(f"{len(timing)} figures in {out} ({sum(timing.values()):.0f} s)")

@@ -11,51 +11,130 @@ from tsfa.cli.common import app, console, fail, print_frame
 from tsfa.cli.plan import write_control
 from tsfa.config.spec import SpecError
 
+ClientsOpt = Annotated[str, typer.Option(
+    help="How the in-process engine runs its clients: batched (all local training in one "
+    "batched computation) or sequential (one after another, the reference).")]
+DeviceOpt = Annotated[str, typer.Option(
+    help="auto (a GPU when present), cpu, cuda or mps.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="Local-training precision: fp32, or bf16 (autocast).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, help="Torch CPU threads (default: the cores this process may use).")]
+ResumeOpt = Annotated[bool, typer.Option(
+    help="Continue from OUT's checkpoint; refused if OUT/config.toml differs from this run's.")]
+
+
+def run_options(clients: str, device: str, precision: str, threads: int | None) -> dict:
+    """Validate the device/precision/threads options, set the threads; the training options."""
+    from tsfa.fl.device import PRECISIONS, resolve_device, set_threads
+    from tsfa.fl.pool import POOLS
+
+    if clients not in POOLS:
+        fail(f"--clients = {clients!r}: must be one of {', '.join(POOLS)}")
+    if precision not in PRECISIONS:
+        fail(f"--precision = {precision!r}: must be one of {', '.join(PRECISIONS)}")
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        fail(f"--device: {exc}")
+    set_threads(threads)
+    return {"clients": clients, "device": dev, "precision": precision}
+
+
+def _train(cfg, out: Path, resume: bool, options: dict, task=None):
+    """In-process training with a progress bar (rounds, ETA, accuracy)."""
+    from tsfa.engines.local import train
+    from tsfa.reporting.progress import progress_bar, round_note
+
+    with progress_bar(cfg.system.training.rounds, description="rounds") as update:
+        return train(cfg, out=out, resume=resume, task=task,
+                     on_round=lambda done, row: update(done, round_note(row)), **options)
+
+
+def _offline(cfg):
+    from tsfa.experiments.pipeline import offline_stage
+
+    try:
+        return offline_stage(cfg)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _print_offline(stage, title: str) -> None:
+    print_frame(stage.table[["rank", "rank_term", "cov_term", "sparse_term", "J"]], title)
+    console.print(f"r* = {stage.rank} (status {stage.status}); trained at r = {stage.rank}")
+
+
+def _parse_rank(rank: str | None) -> int | str | None:
+    if rank is None or rank == "auto":
+        return rank
+    try:
+        value = int(rank)
+    except ValueError:
+        value = 0
+    if value < 1:
+        fail(f"--rank = {rank!r}: must be an integer >= 1 or 'auto'")
+    return value
+
 
 @app.command("train")
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(
         help="Run config TOML (an experiment table plus the system tables; default: embedded task).")] = None,
-    method: Annotated[str | None, typer.Option(help="soft, tlora, rlora, slora or ilora.")] = None,
+    method: Annotated[str | None, typer.Option(help="Uplink compressor (experiment.method).")] = None,
     controller: Annotated[str | None, typer.Option(help="tsfa, fixed or myopic.")] = None,
     rho: Annotated[float | None, typer.Option(help="Ratio of the fixed policy.")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank r.")] = None,
+    rank: Annotated[str | None, typer.Option(
+        help="LoRA rank r, or auto: the offline r* of the trained model's system.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Communication rounds T.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random stream.")] = None,
     out: Annotated[Path, typer.Option(help="Result directory.")] = Path("runs/train"),
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    resume: ResumeOpt = False,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved run config as TOML and exit.")] = False,
     engine: Annotated[str, typer.Option(
         help="inprocess, or flower (Flower simulation engine on Ray; needs tsfa[flower]; "
         "no --resume; docs/flower.md).")] = "inprocess",
+    clients: ClientsOpt = "batched",
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Federated LoRA fine-tuning with SOFT or a baseline, TSFA-controlled or fixed (docs/model.md §5-§7).
 
-    Writes OUT/rounds.csv, OUT/clients.csv, OUT/partition.csv, OUT/config.toml,
+    Writes OUT/rounds.csv and OUT/clients.csv (appended every round), OUT/partition.csv,
+    OUT/rank_table.csv (J(r) and r* of the trained model's system), OUT/config.toml,
     OUT/metadata.json and (in-process engine) a per-round OUT/checkpoint.pt.
     """
     from tsfa.config.experiment import load_run_config
-    from tsfa.fl.loop import train
 
+    rank_arg = _parse_rank(rank)
     try:
         cfg = load_run_config(config)
         changes = {f"experiment.{k}": v for k, v in dict(
-            method=method, controller=controller, rho=rho, rank=rank, seed=seed).items()
-            if v is not None}
+            method=method, controller=controller, rho=rho, seed=seed).items() if v is not None}
+        if isinstance(rank_arg, int):
+            changes["experiment.rank"] = rank_arg
         if rounds is not None:
             changes["training.rounds"] = rounds
         cfg = cfg.replace(**changes) if changes else cfg
     except SpecError as exc:
         fail(str(exc))
-    if print_config:
-        typer.echo(cfg.to_toml(), nl=False)
-        return
     if engine not in ("inprocess", "flower"):
         fail(f"--engine = {engine!r}: must be one of inprocess, flower")
     if engine == "flower" and resume:
         fail("--resume: not supported with --engine flower (error-feedback memories live on "
-              "the clients)")
+             "the clients)")
+    options = run_options(clients, device, precision, threads)
+    task = None
+    if rank_arg == "auto":
+        stage = _offline(cfg)
+        cfg, task = stage.cfg, stage.task
+        if not print_config:
+            _print_offline(stage, "Offline stage on the trained model's system: J(r)")
+    if print_config:
+        typer.echo(cfg.to_toml(), nl=False)
+        return
     try:
         if engine == "flower":
             try:
@@ -64,13 +143,13 @@ def train_cmd(
                 fail(f"--engine flower needs the extra: pip install 'tsfa[flower]' ({exc})")
             result = train_flower(cfg, out=out)
         else:
-            result = train(cfg, out=out, resume=resume, progress=True)
+            result = _train(cfg, out, resume, options, task)
     except (OSError, ValueError) as exc:
         fail(str(exc))
     cols = ["round", "accuracy", "test_loss", "mean_rho", "mean_latency_s", "mean_queue_s",
             "cov_fro", "orth_defect"]
     print_frame(result.rounds[cols].tail(5), f"Last rounds ({cfg.experiment.method}, "
-                f"{cfg.experiment.controller})")
+                f"{cfg.experiment.controller}, r = {cfg.experiment.rank})")
     console.print(f"results in {out}")
 
 
@@ -81,42 +160,57 @@ def run_cmd(
     out: Annotated[Path, typer.Option(help="Result directory.")] = Path("runs/default"),
     control_rounds: Annotated[int, typer.Option(help="Rounds of the controller simulation.")] = 500,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds (default: config).")] = None,
+    resume: ResumeOpt = False,
+    clients: ClientsOpt = "batched",
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    threads: ThreadsOpt = None,
 ) -> None:
-    """The main job: offline rank, online controller, and a federated SOFT run under TSFA.
+    """The main job, both stages on the model being trained: offline rank, online controller,
+    and federated SOFT fine-tuning under TSFA at r*.
 
-    1. `tsfa rank` on the paper-scale spec (ViT-Base q,v; default spec) -> OUT/rank/;
-    2. `tsfa control` simulation at r* -> OUT/control/;
-    3. federated SOFT fine-tuning with the TSFA controller on the embedded task -> OUT/train/.
+    1. offline stage on the trained model's system (tiny ViT of the run config, its clients and
+       data) -> J(r), r*, sensitivities in OUT/rank/;
+    2. the Lyapunov controller on that system at r*, simulated fading -> OUT/control/;
+    3. federated SOFT fine-tuning with the TSFA controller at r* -> OUT/train/.
+
+    The paper-scale answer (ViT-Base q,v) is `tsfa rank` on the default spec.
     """
     from tsfa.config.experiment import load_run_config
-    from tsfa.config.spec import SystemSpec
-    from tsfa.fl.loop import train
     from tsfa.reporting.report import control_report, rank_report
-    from tsfa.reporting.results import prepare_dir, write_table
+    from tsfa.reporting.results import final_accuracy, prepare_dir, write_table
 
-    spec = SystemSpec()
-    console.print("[bold]1/3 offline stage[/bold] (paper-scale default spec: ViT-Base q,v)")
-    rep = rank_report(spec)
-    path = prepare_dir(out / "rank", spec.to_toml(), spec.clients.seed)
-    write_table(rep["table"], path / "rank_table.csv")
-    write_table(rep["sensitivity"], path / "sensitivity.csv")
-    print_frame(rep["table"][["rank", "rank_term", "cov_term", "sparse_term", "J"]], "J(r)")
-    console.print(f"r* = {rep['rank']} (status {rep['status']})")
-
-    console.print(f"[bold]2/3 online stage[/bold]: controller over {control_rounds} rounds")
-    ctl = control_report(spec, control_rounds)
-    write_control(out / "control", spec, ctl, rounds=control_rounds)
-    print_frame(ctl["summary"][["client", "latency_ratio", "mean_rho", "mean_bandwidth_share"]],
-                "time-averaged latency / budget per client")
-
-    console.print("[bold]3/3 federated SOFT fine-tuning[/bold] under TSFA (embedded task)")
     try:
         cfg = load_run_config(config)
         if rounds is not None:
             cfg = cfg.replace(**{"training.rounds": rounds})
     except SpecError as exc:
         fail(str(exc))
-    result = train(cfg, out=out / "train", progress=True)
-    last = result.rounds.iloc[-1]
-    console.print(f"final accuracy {last['accuracy']:.3f} after {len(result.rounds)} rounds; "
+    options = run_options(clients, device, precision, threads)
+    exp = cfg.experiment
+    console.print(f"[bold]1/3 offline stage[/bold] on the trained model's system ({exp.task} "
+                  f"task, {cfg.system.clients.num_clients} clients)")
+    stage = _offline(cfg)
+    rep = rank_report(stage.system)
+    path = prepare_dir(out / "rank", stage.system.to_toml(), stage.system.clients.seed,
+                       r_star=stage.rank)
+    write_table(stage.table, path / "rank_table.csv")
+    write_table(rep["sensitivity"], path / "sensitivity.csv")
+    _print_offline(stage, "J(r) of the trained model's system")
+    console.print("(paper-scale ViT-Base answer on the default spec: `tsfa rank`)")
+
+    console.print(f"[bold]2/3 online stage[/bold]: controller at r* = {stage.rank} over "
+                  f"{control_rounds} rounds")
+    ctl = control_report(stage.system, control_rounds, rank=stage.rank)
+    write_control(out / "control", stage.system, ctl, rounds=control_rounds)
+    print_frame(ctl["summary"][["client", "latency_ratio", "mean_rho", "mean_bandwidth_share"]],
+                "time-averaged latency / budget per client")
+
+    console.print(f"[bold]3/3 federated SOFT fine-tuning[/bold] under TSFA at r* = {stage.rank}")
+    try:
+        result = _train(stage.cfg, out / "train", resume, options, stage.task)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"final accuracy {final_accuracy(result.rounds):.3f} (mean of the last rounds) "
+                  f"after {len(result.rounds)} rounds at r = {stage.cfg.experiment.rank}; "
                   f"results in {out}")

@@ -1,6 +1,7 @@
-"""Analysis helpers: run sizes, a run cache keyed by the resolved config, and sweeps of the
-offline rank and the online controller used by the figures, the bound validation and the
-notebooks (docs/model.md §3, §4, §7). Notebooks and ``analysis/`` scripts hold no logic of their own.
+"""Experiment helpers: run sizes, the shared base run, and sweeps of the offline rank and the
+online controller used by the figures, the bound validation and the notebooks (docs/model.md
+§3, §4, §7). Runs are trained through the cache of :mod:`tsfa.experiments.cache`. Notebooks and
+``analysis/`` scripts hold no logic of their own.
 
 Every number produced here is tsfa's reconstruction on the embedded task (or on the paper-scale
 default spec for the analytic parts), not a result of the paper.
@@ -8,13 +9,11 @@ default spec for the analytic parts), not a result of the paper.
 * :func:`base_run` builds the shared base run config of a size (``tiny`` for the test suite,
   ``quick`` for ``tsfa figures --quick``, ``full``), with the latency budget frozen in seconds
   so that runs at different ranks or with different compressors share the same budget;
-* :func:`cached_train` runs (or reuses) one federated run in ``store/<hash of config.toml>``;
 * :func:`rank_sweep`, :func:`clients_sweep`, :func:`v_sweep` are the analytic sweeps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import tomllib
 from dataclasses import dataclass
@@ -59,18 +58,6 @@ def synthetic_spectrum() -> list[float]:
     return power_law_spectrum(c.true_rank, c.spectrum_power).tolist()
 
 
-def resolve(cfg):
-    """(resolved SystemSpec, SystemInstance) of a run config without training: the model's LoRA
-    sizes, FLOPs and data sizes as the trainer derives them (``tsfa.fl.loop.resolve_system``)."""
-    from tsfa.fl.loop import resolve_system
-    from tsfa.fl.tasks import build_model, build_task
-
-    exp, sys_ = cfg.experiment, cfg.system
-    task = build_task(exp, sys_.clients.num_clients, sys_.clients.dirichlet_alpha)
-    system = resolve_system(cfg, build_model(task, exp), [len(p) for p in task.parts])
-    return system, realize(system)
-
-
 @dataclass(frozen=True)
 class BaseRun:
     """The shared base run of a size: ``cfg`` (budget frozen in seconds), the offline ``rank``
@@ -85,78 +72,26 @@ class BaseRun:
 
 
 def base_run(size: str = "quick", root: Path | None = None) -> BaseRun:
-    """Base run config of ``analysis/base.toml`` at ``size``; budget frozen, r* from the bound."""
+    """Base run config of ``base.toml`` at ``size``: the offline stage on its resolved system
+    (budget frozen in seconds, rank r*; :func:`tsfa.experiments.pipeline.offline_stage`)."""
     from tsfa.config.experiment import RunConfig
+    from tsfa.experiments.pipeline import offline_stage
 
     conf = analysis_config("base", size, root)
     changes = dict(conf.get("run", {}))
     if conf.get("bound", {}).get("synthetic_spectrum", True):
         changes |= {"bound.eps_model": "given", "bound.spectrum": synthetic_spectrum()}
-    cfg = RunConfig().replace(**changes)
-    system, inst = resolve(cfg)
-    cfg = cfg.replace(**{"control.latency_budget_s": [float(b) for b in inst.budget_s]})
-    system, inst = resolve(cfg)
-    res = optimal_rank(system, inst)
-    if not res.ok:
-        raise ValueError(f"base run ({size}) is infeasible: {res.message}")
-    rank = int(res.solution["rank"])
-    return BaseRun(cfg.replace(**{"experiment.rank": rank}), rank, system,
-                   res.solution["table"], inst.compute_s, inst.budget_s)
+    try:
+        stage = offline_stage(RunConfig().replace(**changes))
+    except ValueError as exc:
+        raise ValueError(f"base run ({size}): {exc}") from exc
+    return BaseRun(stage.cfg, stage.rank, stage.system, stage.table, stage.inst.compute_s,
+                   stage.inst.budget_s)
 
 
 def scaled_budget(base: BaseRun, factor: float) -> list[float]:
     """Budgets with the uplink slack scaled: ``T^cmp_k + factor (Tbar_k - T^cmp_k)`` [s]."""
     return [float(c + factor * (b - c)) for c, b in zip(base.compute_s, base.budget_s, strict=True)]
-
-
-def canonical(cfg):
-    """Equivalent configs hash equally: ILoRA ignores the controller and the budget (rho = 1, no
-    latency constraint), so its runs drop both (the automatic budget is always feasible)."""
-    if cfg.experiment.method == "ilora":
-        return cfg.replace(**{"experiment.controller": "fixed", "experiment.rho": 1.0,
-                              "experiment.solver": "joint", "control.latency_budget_s": []})
-    return cfg
-
-
-def config_hash(cfg) -> str:
-    """First 12 hex digits of the SHA-256 of the resolved config TOML."""
-    return hashlib.sha256(canonical(cfg).to_toml().encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class CachedRun:
-    """A finished run read back from its directory: per-round and per-client tables."""
-
-    path: Path
-    rounds: pd.DataFrame
-    clients: pd.DataFrame
-    reused: bool
-
-
-def cached_train(cfg, store: str | Path, log=None, keep_checkpoint: bool = False) -> CachedRun:
-    """Train ``cfg`` into ``store/<config_hash>`` unless that run already finished there.
-
-    A directory with ``config.toml`` but no ``rounds.csv`` (interrupted) is resumed from its
-    checkpoint. The run's ``config.toml`` is the full resolved config it was keyed by. The final
-    checkpoint (global factors) is deleted unless ``keep_checkpoint``.
-    """
-    cfg = canonical(cfg)
-    path = Path(store) / config_hash(cfg)
-    done = path / "rounds.csv"
-    reused = done.is_file()
-    if not reused:
-        from tsfa.fl.loop import train
-
-        if log:
-            log(f"train {path.name}: {cfg.experiment.method}/{cfg.experiment.controller} "
-                f"r={cfg.experiment.rank} rho={cfg.experiment.rho:g}")
-        train(cfg, out=path, resume=(path / "checkpoint.pt").is_file())
-    if not keep_checkpoint:
-        (path / "checkpoint.pt").unlink(missing_ok=True)
-    elif not (path / "checkpoint.pt").is_file():  # finished earlier without it: train again
-        (path / "rounds.csv").unlink()
-        return cached_train(cfg, store, log, keep_checkpoint)
-    return CachedRun(path, pd.read_csv(done), pd.read_csv(path / "clients.csv"), reused)
 
 
 # --------------------------------------------------------------------------- analytic sweeps
@@ -283,8 +218,8 @@ def v_sweep(spec: SystemSpec, values, rounds: int, rank: int | None = None,
 
 
 __all__ = [
-    "SIZES", "analysis_config", "base_run", "BaseRun", "scaled_budget", "cached_train", "CachedRun",
-    "config_hash", "canonical", "resolve", "synthetic_spectrum", "frozen_budget",
+    "SIZES", "analysis_config", "base_run", "BaseRun", "scaled_budget", "synthetic_spectrum",
+    "frozen_budget",
     "rank_table_with_eps", "rank_sweep", "budget_sweep", "power_sweep", "clients_sweep",
     "mean_snr_db", "term_breakdown", "v_sweep",
 ]

@@ -8,13 +8,16 @@ CSV; no pickles.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import sys
+import tomllib
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 PACKAGES = ("numpy", "scipy", "sympy", "cvxpy", "pandas", "matplotlib", "torch", "flwr")
@@ -73,3 +76,101 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     p = Path(path)
     df.to_csv(p, index=False)
     return p
+
+
+# --------------------------------------------------------------------------- run summaries
+LAST_ROUNDS = 3  # "final accuracy": mean over the last rounds (one-round noise averaged out)
+
+
+def final_accuracy(rounds: pd.DataFrame, last: int = LAST_ROUNDS, column: str = "accuracy") -> float:
+    """Mean of ``column`` over the last ``last`` rounds of a run's rounds table (fewer if the run
+    is shorter): the one definition of "final accuracy" (figures, validation, comparisons)."""
+    return float(rounds.sort_values("round")[column].tail(last).mean())
+
+
+def md_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """A table as GitHub markdown; floats to ``digits`` significant digits ("nan" kept)."""
+    def cell(v) -> str:
+        if isinstance(v, float | np.floating):
+            return "nan" if math.isnan(v) else f"{v:.{digits}g}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *rows])
+
+
+# --------------------------------------------------------------------------- run folders
+def _flatten(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def config_differences(saved_toml: str, current_toml: str) -> list[str]:
+    """Dotted keys whose values differ between two config TOMLs (added or removed keys too)."""
+    a, b = (_flatten(tomllib.loads(t)) for t in (saved_toml, current_toml))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def check_same_config(out: str | Path, config_toml: str) -> None:
+    """Raise ValueError naming the differing keys when ``out/config.toml`` is not ``config_toml``
+    (a run may only be resumed with the config it was started with)."""
+    saved = Path(out) / "config.toml"
+    if not saved.is_file():
+        raise ValueError(f"{saved} not found: nothing to resume (start without --resume)")
+    diff = config_differences(saved.read_text(encoding="utf-8"), config_toml)
+    if diff:
+        shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
+        raise ValueError(f"--resume: the config differs from the one saved in {saved} in {shown}; "
+                         "resume with the saved config, or start a new run without --resume")
+
+
+class RoundTables:
+    """``rounds.csv`` and ``clients.csv`` of a run, appended after every round (a stopped run
+    leaves its tables), with the rows also kept in memory for the run's result."""
+
+    NAMES = ("rounds", "clients")
+
+    def __init__(self, out: str | Path | None):
+        self.out = Path(out) if out is not None else None
+        self.rows: dict[str, list[dict]] = {n: [] for n in self.NAMES}
+        self.before: dict[str, pd.DataFrame | None] = dict.fromkeys(self.NAMES)
+
+    def _path(self, name: str) -> Path:
+        return self.out / f"{name}.csv"
+
+    def start(self, resume_round: int = 0) -> None:
+        """A fresh run (``resume_round = 0``: old tables removed), or a resumed one: rows of
+        rounds >= ``resume_round`` (logged after the last checkpoint) are dropped."""
+        if self.out is None:
+            return
+        for name in self.NAMES:
+            path = self._path(name)
+            if resume_round == 0 or not path.is_file():
+                path.unlink(missing_ok=True)
+                continue
+            df = pd.read_csv(path)
+            df = df[df["round"] < resume_round].reset_index(drop=True)
+            df.to_csv(path, index=False)
+            self.before[name] = df
+
+    def append(self, round_row: dict, client_rows) -> None:
+        """Log one round (one rounds row, K client rows) and append them to the CSVs."""
+        for name, rows in (("rounds", [round_row]), ("clients", list(client_rows))):
+            self.rows[name] += rows
+            if self.out is not None:
+                path = self._path(name)
+                pd.DataFrame(rows).to_csv(path, mode="a", header=not path.is_file(), index=False)
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """Every row of ``name`` ("rounds" or "clients"): the resumed part, then this run's."""
+        new = pd.DataFrame(self.rows[name])
+        old = self.before[name]
+        return new if old is None or old.empty else pd.concat([old, new], ignore_index=True)

@@ -1,16 +1,18 @@
 """The tsfa ClientApp (flwr Message API): one federated client of docs/model.md §5-§6.
 
 ``train``: receive the global factors and head (ArrayRecord ``arrays``) and this client's
-``rho`` and ``bandwidth_hz`` from the TSFA controller (ConfigRecord ``config``), run
-:func:`tsfa.fl.loop.client_update` (local training, SOFT or a baseline compressor with
-error feedback) and reply with the upload and head (ArrayRecord ``upload``), the method
-(ConfigRecord ``upload_meta``) and ``bits`` / ``train_loss`` (MetricRecord ``metrics``).
-The error-feedback memory stays on the client, in ``context.state["tsfa.memory"]``.
+``round``, ``rho`` and ``send`` (ConfigRecord ``config``: nothing else of the controller's
+decision), run :meth:`tsfa.fl.client.Client.step` (local training, SOFT or a baseline compressor
+with error feedback) and reply with the upload and head (ArrayRecord ``upload``, absent when the
+client defers), the method (ConfigRecord ``upload_meta``) and ``bits`` / ``train_loss`` /
+``sent`` (MetricRecord ``metrics``). The error-feedback memory stays on the client, in
+``context.state["tsfa.memory"]``.
 
 ``query``: reply with the node's ``partition-id`` (the client index k of the controller).
 
-The client rebuilds the run's task from the seed (data, partition and backbone are deterministic),
-so client k trains on exactly the data and random draws of client k in the in-process engine.
+A client process builds only clients: the run's training data and partition (rebuilt from the
+seed, so client k trains on exactly the data and random draws of client k in the in-process
+engine), the model and the compressor; no policy, no system realisation, no test set.
 """
 
 from __future__ import annotations
@@ -27,19 +29,25 @@ from tsfa.engines.flower.records import (
     upload_to_record,
 )
 from tsfa.engines.flower.settings import run_config_from_flower
-from tsfa.fl.loop import Trainer
+from tsfa.fl.build import client_data, lora_model, run_task
+from tsfa.fl.client import Client, ClientState, ClientTask
 
 MEMORY_KEY = "tsfa.memory"
-_TRAINERS: dict[str, Trainer] = {}  # one per run config and process (Ray actors are reused)
+_CLIENTS: dict[str, list[Client]] = {}  # per run config and process (Ray actors are reused)
 
 
-def trainer_for(cfg: RunConfig) -> Trainer:
-    """The (cached) trainer of ``cfg`` in this process: model, data partition, compressor."""
+def client_for(cfg: RunConfig, k: int) -> Client:
+    """Client k of ``cfg`` in this process. The first call builds every client of the run (one
+    shared model, each client's slice of the training data; the task itself, with its test set,
+    is dropped) and caches them, since a Ray actor may serve any partition."""
     key = cfg.to_toml()
-    if key not in _TRAINERS:
-        _TRAINERS.clear()
-        _TRAINERS[key] = Trainer(cfg)
-    return _TRAINERS[key]
+    if key not in _CLIENTS:
+        _CLIENTS.clear()
+        task = run_task(cfg)
+        model = lora_model(cfg, task)
+        _CLIENTS[key] = [Client.from_config(cfg, j, client_data(task, j), model)
+                         for j in range(len(task.parts))]
+    return _CLIENTS[key][k]
 
 
 def partition_id(context: Context) -> int:
@@ -49,24 +57,30 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def handle_train(cfg: RunConfig, msg: Message, context: Context) -> Message:
-    """One round of client work for the ``train`` message ``msg``."""
-    trainer = trainer_for(cfg)
-    k = partition_id(context)
-    conf = msg.content["config"]
-    params, head = record_to_model(msg.content["arrays"])
-    memory = (record_to_memory(context.state[MEMORY_KEY]) if MEMORY_KEY in context.state
-              else trainer.compressor.init(params))
-    update = trainer.client_update(int(conf["round"]), k, params, head, memory, float(conf["rho"]))
-    context.state[MEMORY_KEY] = memory_to_record(update.memory)
-    content = RecordDict({
-        "upload": upload_to_record(update.upload, update.head),
-        "upload_meta": upload_meta(update.upload),
-        "client": ConfigRecord({"partition-id": k, "round": int(conf["round"])}),
+def client_round(cfg: RunConfig, content: RecordDict, context: Context) -> RecordDict:
+    """One round of client work: the reply content for the ``train`` content ``content``."""
+    client = client_for(cfg, partition_id(context))
+    conf = content["config"]
+    glob = record_to_model(content["arrays"])
+    state = (ClientState(record_to_memory(context.state[MEMORY_KEY]))
+             if MEMORY_KEY in context.state else client.init_state(glob.factors))
+    task = ClientTask(int(conf["round"]), float(conf["rho"]), bool(conf["send"]))
+    update, state = client.step(glob, state, task)
+    context.state[MEMORY_KEY] = memory_to_record(state.memory)
+    reply = RecordDict({
+        "client": ConfigRecord({"partition-id": client.index, "round": task.round}),
         "metrics": MetricRecord({"bits": update.bits, "train_loss": update.train_loss,
-                                 "num-examples": int(len(trainer.client_data[k][1]))}),
+                                 "num-examples": update.num_examples, "sent": int(update.sent)}),
     })
-    return Message(content=content, reply_to=msg)
+    if update.sent:
+        reply["upload"] = upload_to_record(update.upload, update.head)
+        reply["upload_meta"] = upload_meta(update.upload)
+    return reply
+
+
+def handle_train(cfg: RunConfig, msg: Message, context: Context) -> Message:
+    """Reply to the ``train`` message ``msg`` (:func:`client_round`)."""
+    return Message(content=client_round(cfg, msg.content, context), reply_to=msg)
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
@@ -87,4 +101,4 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 
 app = make_client_app()  # `flwr run`: settings from [tool.flwr.app.config]
 
-__all__ = ["make_client_app", "handle_train", "trainer_for", "app"]
+__all__ = ["make_client_app", "client_round", "handle_train", "client_for", "app"]

@@ -1,7 +1,7 @@
 """Run a tsfa experiment on Flower's simulation engine (Ray backend) from Python or the CLI.
 
 ``train_flower(cfg)`` starts one virtual SuperNode per client (``clients.num_clients``), runs the
-tsfa ServerApp and ClientApp on them and returns the same :class:`~tsfa.fl.loop.RunResult`
+tsfa ServerApp and ClientApp on them and returns the same :class:`~tsfa.engines.output.RunResult`
 (and result folder) as the in-process engine. ``flwr run`` runs the same apps from
 ``pyproject.toml`` (see docs/flower.md).
 """
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from tsfa.config.experiment import RunConfig
-from tsfa.fl.loop import RunResult
+from tsfa.engines.output import RunResult
 
 
 def backend_config(num_cpus: int | None = 2, client_cpus: float = 1.0,
@@ -37,7 +37,7 @@ def backend_config(num_cpus: int | None = 2, client_cpus: float = 1.0,
 def train_flower(cfg: RunConfig, out: str | Path | None = None, num_cpus: int | None = 2,
                  client_cpus: float = 1.0, address: str | None = None,
                  verbose: bool = False) -> RunResult:
-    """Run ``cfg`` on Flower's simulation engine; same result tables as :func:`tsfa.fl.loop.train`."""
+    """Run ``cfg`` on Flower's simulation engine; same result tables as :func:`tsfa.engines.local.train`."""
     from flwr.simulation import run_simulation
 
     from tsfa.engines.flower.client_app import make_client_app

@@ -8,8 +8,9 @@
   message space travel in a ConfigRecord (:func:`upload_meta`);
 * error-feedback memory (client state): ``e{m}.{j}``.
 
-Float32 tensors go to float32 arrays and back bit-exactly, so the server aggregates exactly what
-the in-process engine aggregates.
+Tensors go to arrays of the same dtype and back bit-exactly; bfloat16 (which numpy lacks)
+travels as its 16-bit pattern under a key ending in ``~bf16``. So the server aggregates exactly
+what the in-process engine aggregates.
 """
 
 from __future__ import annotations
@@ -18,54 +19,71 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from tsfa.fl.client import GlobalModel
 from tsfa.fl.compress import ModuleUpload, Upload
 
 _OPTIONAL = ("rank_index", "B_index", "A_index")
+BF16 = "~bf16"
 
 
-def _arr(x) -> Array:
-    return Array(np.ascontiguousarray(x.detach().numpy() if isinstance(x, torch.Tensor) else x))
+def _put(items: dict, key: str, x) -> None:
+    """``items[key]`` = x as an Array (bfloat16 tensors as int16 bit patterns, key + BF16)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            key, x = key + BF16, x.view(torch.int16)
+        x = x.numpy()
+    items[key] = Array(np.ascontiguousarray(x))
 
 
-def _tensor(record: ArrayRecord, key: str) -> torch.Tensor:
-    return torch.from_numpy(record[key].numpy().copy())
+def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Every entry of ``record`` as a tensor, keys without the BF16 marker."""
+    out = {}
+    for key in record:
+        t = torch.from_numpy(record[key].numpy()).clone()  # torch's (aligned) memory
+        if key.endswith(BF16):
+            key, t = key[:-len(BF16)], t.view(torch.bfloat16)
+        out[key] = t
+    return out
 
 
-def model_to_record(factors, head: dict[str, torch.Tensor]) -> ArrayRecord:
+def _head(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+
+
+def model_to_record(model: GlobalModel) -> ArrayRecord:
     """Global factors [(B (d_out, r), A (r, d_in))] and head state dict as one ArrayRecord."""
-    items = {}
-    for m, (B, A) in enumerate(factors):
-        items[f"B.{m}"] = _arr(B)
-        items[f"A.{m}"] = _arr(A)
-    items.update({f"head.{k}": _arr(v) for k, v in head.items()})
+    items: dict = {}
+    for m, (B, A) in enumerate(model.factors):
+        _put(items, f"B.{m}", B)
+        _put(items, f"A.{m}", A)
+    for k, v in model.head.items():
+        _put(items, f"head.{k}", v)
     return ArrayRecord(items)
 
 
-def _head(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k[len("head."):]: _tensor(record, k) for k in record if k.startswith("head.")}
-
-
-def record_to_model(record: ArrayRecord) -> tuple[list, dict[str, torch.Tensor]]:
-    """Inverse of :func:`model_to_record`: (factors, head state dict)."""
-    n = sum(1 for k in record if k.startswith("B."))
-    factors = [(_tensor(record, f"B.{m}"), _tensor(record, f"A.{m}")) for m in range(n)]
-    return factors, _head(record)
+def record_to_model(record: ArrayRecord) -> GlobalModel:
+    """Inverse of :func:`model_to_record`."""
+    t = _tensors(record)
+    n = sum(1 for k in t if k.startswith("B."))
+    return GlobalModel([(t[f"B.{m}"], t[f"A.{m}"]) for m in range(n)], _head(t))
 
 
 def upload_to_record(upload: Upload, head: dict[str, torch.Tensor]) -> ArrayRecord:
     """Exactly what a client puts on the air: its compressed upload and its head."""
-    items = {}
+    items: dict = {}
     for m, mu in enumerate(upload.modules):
-        items[f"m{m}.shape_B"] = _arr(np.asarray(mu.shape_B, dtype=np.int64))
-        items[f"m{m}.shape_A"] = _arr(np.asarray(mu.shape_A, dtype=np.int64))
-        items[f"m{m}.B_values"] = _arr(mu.B_values)
-        items[f"m{m}.A_values"] = _arr(mu.A_values)
+        _put(items, f"m{m}.shape_B", np.asarray(mu.shape_B, dtype=np.int64))
+        _put(items, f"m{m}.shape_A", np.asarray(mu.shape_A, dtype=np.int64))
+        _put(items, f"m{m}.B_values", mu.B_values)
+        _put(items, f"m{m}.A_values", mu.A_values)
         for name in _OPTIONAL:
             if getattr(mu, name) is not None:
-                items[f"m{m}.{name}"] = _arr(getattr(mu, name))
+                _put(items, f"m{m}.{name}", getattr(mu, name))
         if mu.seed is not None:
-            items[f"m{m}.seed"] = _arr(np.asarray([mu.seed], dtype=np.int64))
-    items.update({f"head.{k}": _arr(v) for k, v in head.items()})
+            _put(items, f"m{m}.seed", np.asarray([mu.seed], dtype=np.int64))
+    for k, v in head.items():
+        _put(items, f"head.{k}", v)
     return ArrayRecord(items)
 
 
@@ -75,32 +93,32 @@ def upload_meta(upload: Upload) -> ConfigRecord:
 
 def record_to_upload(record: ArrayRecord, meta: ConfigRecord) -> tuple[Upload, dict]:
     """Inverse of :func:`upload_to_record` (with :func:`upload_meta`): (upload, head)."""
-    n = sum(1 for k in record if k.endswith(".shape_B"))
+    t = _tensors(record)
     mods = []
-    for m in range(n):
-        opt = {name: _tensor(record, f"m{m}.{name}") for name in _OPTIONAL
-               if f"m{m}.{name}" in record}
-        seed = int(record[f"m{m}.seed"].numpy()[0]) if f"m{m}.seed" in record else None
-        mods.append(ModuleUpload(
-            tuple(int(v) for v in record[f"m{m}.shape_B"].numpy()),
-            tuple(int(v) for v in record[f"m{m}.shape_A"].numpy()),
-            _tensor(record, f"m{m}.B_values"), _tensor(record, f"m{m}.A_values"),
-            seed=seed, **opt))
-    return Upload(str(meta["method"]), str(meta["space"]), tuple(mods)), _head(record)
+    for m in range(sum(1 for k in t if k.endswith(".shape_B"))):
+        opt = {name: t[f"m{m}.{name}"] for name in _OPTIONAL if f"m{m}.{name}" in t}
+        seed = int(t[f"m{m}.seed"][0]) if f"m{m}.seed" in t else None
+        mods.append(ModuleUpload(tuple(int(v) for v in t[f"m{m}.shape_B"]),
+                                 tuple(int(v) for v in t[f"m{m}.shape_A"]),
+                                 t[f"m{m}.B_values"], t[f"m{m}.A_values"], seed=seed, **opt))
+    return Upload(str(meta["method"]), str(meta["space"]), tuple(mods)), _head(t)
 
 
 def memory_to_record(memory) -> ArrayRecord:
     """An error-feedback memory (list of per-module tuples of tensors; () when stateless)."""
-    return ArrayRecord({f"e{m}.{j}": _arr(x) for m, xs in enumerate(memory)
-                        for j, x in enumerate(xs)})
+    items: dict = {}
+    for m, xs in enumerate(memory):
+        for j, x in enumerate(xs):
+            _put(items, f"e{m}.{j}", x)
+    return ArrayRecord(items)
 
 
 def record_to_memory(record: ArrayRecord) -> list[tuple[torch.Tensor, ...]]:
     """Inverse of :func:`memory_to_record` (an empty record gives [])."""
     out: dict[int, dict[int, torch.Tensor]] = {}
-    for key in record:
+    for key, x in _tensors(record).items():
         m, j = key[1:].split(".")
-        out.setdefault(int(m), {})[int(j)] = _tensor(record, key)
+        out.setdefault(int(m), {})[int(j)] = x
     return [tuple(v[j] for j in sorted(v)) for _, v in sorted(out.items())]
 
 

@@ -1,16 +1,17 @@
 """The tsfa ServerApp and TSFA strategy (flwr Message API, docs/model.md §4-§6).
 
-:class:`TSFAStrategy` runs the server half of :class:`tsfa.fl.loop.Trainer`'s round:
+:class:`TSFAStrategy` drives a :class:`tsfa.fl.server.Server` over a Flower Grid:
 
-* ``configure_train``: fading draw and Lyapunov decision (:meth:`Trainer.decide`); one message
-  per client with the global factors and head (ArrayRecord) and that client's own ``rho`` and
-  ``bandwidth_hz`` (ConfigRecord);
+* ``configure_train``: fading draw and the policy's decision (:meth:`Server.plan`); one message
+  per client with the global factors and head (ArrayRecord) and only what the client reads of
+  the decision: its ``round``, ``rho`` and ``send`` (ConfigRecord);
 * ``aggregate_train``: latency from the real payload bits, virtual-queue update, separate
-  per-rank aggregation, FedAvg head and the round's metrics (:meth:`Trainer.finish_round`).
+  aggregation of the senders, FedAvg head and the round's metrics (:meth:`Server.finish`); the
+  round's rows are appended to the result folder (:class:`tsfa.engines.output.RunOutput`).
 
 Client k of the controller is the SuperNode whose ``node_config["partition-id"]`` is k, found
-once with a ``query`` message. Every client takes part in every round (as in the in-process
-engine); a missing or failed reply stops the run with the node's error.
+once with a ``query`` message. Every client takes part in every round (a deferred client still
+replies, without an upload); a missing or failed reply stops the run with the node's error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -30,20 +32,19 @@ from flwr.supercore import log
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.flower.records import model_to_record, record_to_upload
 from tsfa.engines.flower.settings import out_from_flower, run_config_from_flower
+from tsfa.engines.output import RunOutput, RunResult
+from tsfa.fl.client import ClientUpdate
 from tsfa.fl.compress import head_bits, payload_bits
-from tsfa.fl.loop import ClientUpdate, RunResult, Trainer
+from tsfa.fl.server import Server, build_server
 
 
 class TSFAStrategy(Strategy):
-    """Lyapunov-controlled SOFT (or a baseline) over a Flower Grid; holds the server state
-    (global factors and head, virtual queues Q_k [s]) and the logged rows."""
+    """The TSFA controller and SOFT (or a baseline) aggregation over a Flower Grid: holds the
+    :class:`~tsfa.fl.server.ServerState` and appends each round's rows to ``output``."""
 
-    def __init__(self, trainer: Trainer, node_timeout_s: float = 600.0):
-        self.trainer = trainer
-        state = trainer.initial_state()
-        self.factors, self.head, self.queues = state["factors"], state["head"], state["queues"]
-        self.rounds: list[dict] = []
-        self.clients: list[dict] = []
+    def __init__(self, server: Server, output: RunOutput, node_timeout_s: float = 600.0):
+        self.server, self.output = server, output
+        self.state = server.initial_state()
         self.nodes: dict[int, int] = {}  # client index k -> node id
         self.node_timeout_s = node_timeout_s
         self._plan = None
@@ -51,10 +52,10 @@ class TSFAStrategy(Strategy):
 
     @property
     def num_clients(self) -> int:
-        return len(self.trainer.weights)
+        return self.server.num_clients
 
     def initial_arrays(self) -> ArrayRecord:
-        return model_to_record(self.factors, self.head)
+        return model_to_record(self.state.model)
 
     def discover(self, grid: Grid) -> dict[int, int]:
         """Map client index k to node id by asking every node for its partition-id."""
@@ -79,49 +80,50 @@ class TSFAStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Decide (rho_k, w_k) for round t = server_round - 1 and address each client."""
+        """Decide round t = server_round - 1 and address each client with its own part."""
         self._t0 = time.perf_counter()
         if not self.nodes:
             self.nodes = self.discover(grid)
-        t = server_round - 1
-        self._plan = self.trainer.decide(t, self.queues)
+        self._plan = self.server.plan(self.state)
         messages = []
         for k in range(self.num_clients):
-            conf = ConfigRecord({**dict(config), "round": t, "rho": float(self._plan.rho[k]),
-                                 "bandwidth_hz": float(self._plan.bandwidth_hz[k]),
-                                 "gamma_hz": float(self._plan.gains[k])})
+            task = self._plan.task(k)
+            conf = ConfigRecord({**dict(config), "round": task.round, "rho": task.rho,
+                                 "send": task.send})
             messages.append(Message(RecordDict({"arrays": arrays, "config": conf}),
                                     message_type=MessageType.TRAIN, dst_node_id=self.nodes[k]))
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Separate per-rank aggregation, FedAvg head, queues and metrics of the round."""
-        t = server_round - 1
-        by_client: dict[int, ClientUpdate] = {}
-        for reply in replies:
-            if reply.has_error():
-                raise RuntimeError(f"round {t}: node {reply.metadata.src_node_id} failed: "
-                                   f"{reply.error.reason}")
-            c = reply.content
+    def _update(self, t: int, reply: Message) -> ClientUpdate:
+        if reply.has_error():
+            raise RuntimeError(f"round {t}: node {reply.metadata.src_node_id} failed: "
+                               f"{reply.error.reason}")
+        c = reply.content
+        k, metrics = int(c["client"]["partition-id"]), c["metrics"]
+        upload, head, bits = None, None, 0.0
+        if "upload" in c:
             upload, head = record_to_upload(c["upload"], c["upload_meta"])
             bits = float(payload_bits(upload) + head_bits(head))
-            if bits != float(c["metrics"]["bits"]):
-                raise RuntimeError(f"round {t}: client bits {c['metrics']['bits']} != {bits} "
-                                   "received")
-            by_client[int(c["client"]["partition-id"])] = ClientUpdate(
-                upload, head, None, bits, float(c["metrics"]["train_loss"]))
+        if bits != float(metrics["bits"]):
+            raise RuntimeError(f"round {t}: client {k} counted {metrics['bits']} bits, the "
+                               f"server received {bits}")
+        return ClientUpdate(k, upload, head, bits, float(metrics["train_loss"]),
+                            int(metrics["num-examples"]))
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Latency, queues, aggregation of the senders, FedAvg head and the round's metrics."""
+        t = server_round - 1
+        by_client = {u.client: u for u in (self._update(t, r) for r in replies)}
         if sorted(by_client) != list(range(self.num_clients)):
             raise RuntimeError(f"round {t}: replies from clients {sorted(by_client)}, expected "
                                f"0..{self.num_clients - 1}")
         updates = [by_client[k] for k in range(self.num_clients)]
-        self.factors, self.head, self.queues, row, clients = self.trainer.finish_round(
-            t, self.factors, self.queues, self._plan, updates, self._t0)
-        self.rounds.append(row)
-        self.clients.extend(clients)
-        metrics = MetricRecord({k: float(v) for k, v in row.items()
+        self.state, record = self.server.finish(self.state, self._plan, updates, self._t0)
+        self.output.append(record)
+        metrics = MetricRecord({k: float(v) for k, v in record.round.items()
                                 if isinstance(v, int | float) and math.isfinite(v)})
-        return model_to_record(self.factors, self.head), metrics
+        return model_to_record(self.state.model), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -132,32 +134,31 @@ class TSFAStrategy(Strategy):
         return None
 
     def summary(self) -> None:
-        exp = self.trainer.cfg.experiment
+        exp = self.server.cfg.experiment
         log(INFO, "\t├── tsfa: method %s, controller %s (%s), rank %d, %d clients, seed %d",
             exp.method, exp.controller, exp.solver, exp.rank, self.num_clients, exp.seed)
-        log(INFO, "\t└── queues Q_k: %s", np.array2string(self.queues, precision=3))
+        log(INFO, "\t└── queues Q_k: %s", np.array2string(self.state.queues, precision=3))
 
 
 def run_server(grid: Grid, cfg: RunConfig, out: str | Path | None = None,
                timeout_s: float = 3600.0) -> RunResult:
     """All ``training.rounds`` rounds of ``cfg`` over ``grid``; results written to ``out``."""
-    trainer = Trainer(cfg)
-    out_path = Path(out).resolve() if out else None
-    if out_path is not None:
-        trainer.prepare_output(out_path)
-    strategy = TSFAStrategy(trainer)
-    strategy.start(grid, strategy.initial_arrays(), num_rounds=trainer.system.training.rounds,
+    torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP setting = the process's
+    server = build_server(cfg)
+    output = RunOutput(Path(out).resolve() if out else None)
+    output.start(cfg, server, engine="flower")
+    strategy = TSFAStrategy(server, output)
+    strategy.start(grid, strategy.initial_arrays(), num_rounds=cfg.system.training.rounds,
                    timeout=timeout_s)
-    result = trainer.result(strategy.rounds, strategy.clients, out_path)
-    if out_path is not None:
-        log(INFO, "tsfa results in %s", out_path)
-    return result
+    if output.out is not None:
+        log(INFO, "tsfa results in %s", output.out)
+    return output.result(server.system)
 
 
 def make_server_app(cfg: RunConfig | None = None, out: str | Path | None = None,
                     sink: list | None = None) -> ServerApp:
     """A ServerApp for ``cfg`` (None: from ``context.run_config``, ``out`` likewise); the
-    :class:`~tsfa.fl.loop.RunResult` is appended to ``sink`` when given."""
+    :class:`~tsfa.engines.output.RunResult` is appended to ``sink`` when given."""
     app = ServerApp()
 
     @app.main()

@@ -1,8 +1,10 @@
 """Paper-style figures of docs/model.md §7, regenerated from saved runs (``tsfa figures``).
 
-One configuration TOML and one script per figure live in ``analysis/``; the logic lives here.
-Training-based figures read runs from a cache keyed by the hash of each run's resolved config
-(:func:`tsfa.experiments.runs.cached_train`), so figures share runs and never retrain a finished run.
+One configuration TOML per figure ships with the package (``tsfa/experiments/configs``) and one
+thin script per figure lives in ``analysis/``; the logic lives here. Training-based figures read
+runs from a cache keyed by the hash of each run's resolved config
+(:func:`tsfa.experiments.cache.cached_train`), so figures share runs and never retrain a
+finished run.
 Each figure is written as PNG, PDF and the CSV behind it. Every figure is **tsfa's
 reconstruction on its embedded task** (or on the paper-scale default spec for the analytic
 parts), not a result of the paper.
@@ -35,14 +37,16 @@ FIGURES = {
 
 @dataclass
 class Context:
-    """What a figure function gets: its config (``analysis/<name>.toml`` at ``size``), the run
-    ``store``, the shared base run (built lazily) and a ``log`` callable."""
+    """What a figure function gets: its config (``<name>.toml`` at ``size``), the run
+    ``store``, the shared base run (built lazily), a ``log`` callable and the run ``options``
+    (``clients``, ``device``, ``precision`` of :func:`tsfa.engines.local.train`)."""
 
     name: str
     size: str
     store: Path
     log: object = print
     _base: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
     @property
     def conf(self) -> dict:
@@ -69,13 +73,14 @@ def save(fig, df, out: Path, name: str) -> list[Path]:
 
 
 def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Path | None = None,
-                log=print, _shared: dict | None = None) -> list[Path]:
-    """Compute (or reuse the runs of) one figure and write it into ``out``."""
+                log=print, _shared: dict | None = None, **options) -> list[Path]:
+    """Compute (or reuse the runs of) one figure and write it into ``out``. ``options``:
+    ``clients``, ``device``, ``precision`` of the runs it trains."""
     from . import analytic, training
 
     out = Path(out)
     ctx = Context(name, size, Path(store) if store else out / "runs", log,
-                  _shared if _shared is not None else {})
+                  _shared if _shared is not None else {}, options)
     fn = getattr(analytic, name, None) or getattr(training, name)
     import matplotlib.pyplot as plt
 
@@ -85,25 +90,23 @@ def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Pa
 
 
 def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=print,
-             threads: int | None = 1) -> dict:
+             on_figure=None, **options) -> dict:
     """Every figure (or ``names``) into ``out``; returns and writes ``out/timing.json``.
 
-    ``threads``: torch intra-op threads for the runs (default 1: the tiny models gain nothing
-    from more, and on a shared machine oversubscribed threads slow every run many times over);
-    ``None`` leaves torch's setting alone. This sets a process-wide torch option.
+    ``on_figure(name, seconds)`` after each figure (e.g. a progress bar); ``options``: see
+    :func:`make_figure`. Torch threads are the caller's setting
+    (:func:`tsfa.fl.device.set_threads`; ``tsfa figures --threads``).
     """
     out = Path(out)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     shared: dict = {}
     timing = {}
     for name in names or FIGURES:
         t0 = time.perf_counter()
-        make_figure(name, out, size, store, log, shared)
+        make_figure(name, out, size, store, log, shared, **options)
         timing[name] = round(time.perf_counter() - t0, 2)
         log(f"{name}: {timing[name]:.1f} s")
+        if on_figure is not None:
+            on_figure(name, timing[name])
     (out / "timing.json").write_text(json.dumps({"size": size, "seconds": timing}, indent=1))
     return timing
 
@@ -112,13 +115,17 @@ __all__ = ["FIGURES", "NOTE", "Context", "make_figure", "make_all", "save"]
 
 
 def script_main(name: str, argv=None) -> None:
-    """Entry point of the ``analysis/<name>.py`` scripts: ``--out DIR --size SIZE``."""
+    """Entry point of the ``analysis/<name>.py`` scripts: ``--out DIR --size SIZE --threads N``."""
     import argparse
+
+    from tsfa.fl.device import set_threads
 
     p = argparse.ArgumentParser(description=f"{name}: {FIGURES[name]} ({NOTE}).")
     p.add_argument("--out", default="figures", help="output directory (runs cached in OUT/runs)")
     p.add_argument("--size", default="quick", choices=("tiny", "quick", "full"))
     p.add_argument("--store", default=None, help="run cache directory (default OUT/runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
     a = p.parse_args(argv)
+    set_threads(a.threads)
     for path in make_figure(name, a.out, a.size, a.store):
         print(path)

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from tsfa.config.spec import SystemSpec
 from tsfa.experiments.runs import v_sweep
 from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
-from tsfa.config.spec import SystemSpec
 
 NOTE = "tsfa reconstruction, not the paper's results"
 

@@ -1,8 +1,8 @@
 """Figures from federated runs on the embedded task (docs/model.md §7 figures 1-4, 6, 8).
 
-Each function builds its run configs from the shared base run (``analysis/base.toml``) and its
-own ``analysis/<name>.toml``, gets the runs from the cache (training only what is missing) and
-returns (the table behind the figure, the Figure).
+Each function builds its run configs from the shared base run (``base.toml``) and its own
+``<name>.toml`` (packaged in ``tsfa/experiments/configs``), gets the runs from the cache
+(training only what is missing) and returns (the table behind the figure, the Figure).
 """
 
 from __future__ import annotations
@@ -12,28 +12,43 @@ import math
 import numpy as np
 import pandas as pd
 
-from tsfa.experiments.runs import cached_train, scaled_budget
-from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
 from tsfa.control.offline import affordable_rho
+from tsfa.experiments.cache import cached_train
+from tsfa.experiments.runs import scaled_budget
 from tsfa.maths.instance import realize
+from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
+from tsfa.reporting.results import LAST_ROUNDS as LAST
+from tsfa.reporting.results import final_accuracy
+
 from . import NOTE
 
 LABELS = {"soft": "SOFT", "tlora": "TLoRA", "rlora": "RLoRA", "slora": "SLoRA", "ilora": "ILoRA"}
 COLORS = {"soft": "C0", "tlora": "C1", "rlora": "C2", "slora": "C3", "ilora": "k"}
-LAST = 3  # final accuracy = mean over the last LAST rounds
 
 
 def _run(ctx, **changes):
-    return cached_train(ctx.base.cfg.replace(**changes), ctx.store, ctx.log)
-
-
-def final_accuracy(rounds: pd.DataFrame) -> float:
-    """Mean test accuracy over the last ``LAST`` rounds (fewer if the run is shorter)."""
-    return float(rounds["accuracy"].tail(LAST).mean())
+    return cached_train(ctx.base.cfg.replace(**changes), ctx.store, ctx.log, **ctx.options)
 
 
 def _title(ax, text):
     ax.set_title(f"{text}\n{NOTE}", fontsize=6)
+
+
+def _final_accuracy_plot(df: pd.DataFrame, group: str, x: str, styles: dict, xlabel: str,
+                         title: str, log2_x: bool = False):
+    """Final accuracy vs ``x``, one line per value of ``group`` (``styles[value]``: fmt, label
+    and optionally color)."""
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)
+    for key, g in df.groupby(group, sort=False):
+        st = dict(styles[key])
+        ax.plot(g[x], g["final_accuracy"], st.pop("fmt"), lw=1, ms=3, **st)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test accuracy (last {LAST} rounds)")
+    ax.legend(fontsize=6)
+    _title(ax, title)
+    return fig
 
 
 def fig1_rank(ctx):
@@ -131,14 +146,9 @@ def fig4_fixed_rho(ctx):
                          "final_accuracy": final_accuracy(r),
                          "mean_bits": float(r["total_bits"].mean())})
     df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)
-    for m, g in df.groupby("method", sort=False):
-        ax.plot(g["rho"], g["final_accuracy"], "-o", color=COLORS[m], lw=1, ms=3, label=LABELS[m])
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("fixed sparsification ratio $\\rho$")
-    ax.set_ylabel(f"test accuracy (last {LAST} rounds)")
-    ax.legend(fontsize=6)
-    _title(ax, f"Fixed $\\rho$, equal bandwidth, r = {ctx.base.rank}")
+    styles = {m: {"fmt": "-o", "color": COLORS[m], "label": LABELS[m]} for m in df["method"]}
+    fig = _final_accuracy_plot(df, "method", "rho", styles, "fixed sparsification ratio $\\rho$",
+                               f"Fixed $\\rho$, equal bandwidth, r = {ctx.base.rank}", log2_x=True)
     return df, fig
 
 
@@ -170,14 +180,11 @@ def fig6_budget(ctx):
                          "final_accuracy": final_accuracy(r),
                          "mean_latency_s": float(r["mean_latency_s"].mean())})
     df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)
-    for (label, g), st in zip(df.groupby("variant", sort=False), ("C0-o", "C1--s", "C2-.^"),
-                              strict=False):
-        ax.plot(g["mean_budget_s"], g["final_accuracy"], st, lw=1, ms=3, label=label)
-    ax.set_xlabel("mean latency budget $\\bar T_k$ [s]")
-    ax.set_ylabel(f"test accuracy (last {LAST} rounds)")
-    ax.legend(fontsize=6)
-    _title(ax, f"TSFA vs single-stage variants, r* = {base.rank}")
+    styles = {v: {"fmt": f, "label": v} for v, f in zip(df["variant"].unique(),
+                                                         ("C0-o", "C1--s", "C2-.^"), strict=False)}
+    fig = _final_accuracy_plot(df, "variant", "mean_budget_s", styles,
+                               "mean latency budget $\\bar T_k$ [s]",
+                               f"TSFA vs single-stage variants, r* = {base.rank}")
     return df, fig
 
 

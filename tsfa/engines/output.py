@@ -1,0 +1,87 @@
+"""What every engine writes: the run's result folder and its in-memory result.
+
+A result folder holds ``config.toml`` (the resolved run config), ``metadata.json`` (versions,
+seed, the resolved system, the trained rank and the offline r*), ``partition.csv`` (class
+histograms per client), ``rank_table.csv`` (the offline stage's J(r) table for the system of the
+model being trained) and ``rounds.csv`` / ``clients.csv``, appended after every round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tsfa.config.experiment import RunConfig
+from tsfa.config.spec import SystemSpec
+from tsfa.control.offline import optimal_rank
+from tsfa.fl.partition import class_histograms
+from tsfa.fl.server import RoundRecord, Server
+from tsfa.reporting.results import RoundTables, prepare_dir, write_table
+
+
+@dataclass(frozen=True)
+class OfflineChoice:
+    """The offline stage on the trained model's system: r* (``rank``, None if infeasible), the
+    solver ``status`` and the J(r) ``table`` per candidate rank."""
+
+    rank: int | None
+    status: str
+    table: pd.DataFrame
+
+
+def offline_choice(server: Server) -> OfflineChoice:
+    """r* and J(r) of ``server.system`` (the resolved system of the model it trains)."""
+    res = optimal_rank(server.system, server.inst)
+    return OfflineChoice(int(res.solution["rank"]) if res.ok else None, res.status,
+                         res.solution["table"])
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """``rounds``: one row per round; ``clients``: one row per (round, client); ``system``: the
+    resolved system; ``offline``: r* and J(r) of that system; ``out``: the result folder."""
+
+    rounds: pd.DataFrame
+    clients: pd.DataFrame
+    system: SystemSpec
+    offline: OfflineChoice
+    out: Path | None
+
+
+class RunOutput:
+    """The result folder of one run (or nothing when ``out`` is None) and its round tables."""
+
+    def __init__(self, out: str | Path | None):
+        self.out = Path(out) if out is not None else None
+        self.tables = RoundTables(self.out)
+        self.offline: OfflineChoice | None = None
+
+    def start(self, cfg: RunConfig, server: Server, resume_round: int = 0, **extra) -> None:
+        """A fresh folder (config, metadata, partition, J(r) table); for ``resume_round`` > 0
+        the folder is kept and rows of rounds >= ``resume_round`` are dropped from its tables."""
+        self.offline = offline_choice(server)
+        if self.out is not None and resume_round == 0:
+            task = server.task
+            prepare_dir(self.out, cfg.to_toml(), cfg.experiment.seed,
+                        resolved_system=server.system.to_dict(), task_note=task.note,
+                        rank=cfg.experiment.rank, r_star=self.offline.rank,
+                        offline_status=self.offline.status, **extra)
+            write_table(class_histograms(task.train.labels, task.parts,
+                                         task.train.num_classes).reset_index(),
+                        self.out / "partition.csv")
+            write_table(self.offline.table.assign(r_star=self.offline.rank,
+                                                  trained_rank=cfg.experiment.rank),
+                        self.out / "rank_table.csv")
+        self.tables.start(resume_round)
+
+    def append(self, record: RoundRecord) -> None:
+        self.tables.append(record.round, record.clients)
+
+    def result(self, system: SystemSpec) -> RunResult:
+        return RunResult(self.tables.frame("rounds"), self.tables.frame("clients"), system,
+                         self.offline, self.out)
+
+
+__all__ = ["OfflineChoice", "offline_choice", "RunResult", "RunOutput"]

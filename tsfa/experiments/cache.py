@@ -1,0 +1,127 @@
+"""The run runner and result cache shared by the figures, the bound validation and the method
+comparisons: a finished run lives in ``store/<hash of its resolved config.toml>`` and is never
+trained twice.
+
+* :func:`cached_train`: one run, trained unless it finished before (an interrupted run resumes
+  from its checkpoint);
+* :func:`run_many`: many runs, the missing ones trained in ``jobs`` worker processes (torch
+  threads split between them, :func:`tsfa.fl.device.default_threads`).
+
+The key is the resolved config (``bf16`` runs get a ``-bf16`` suffix); how the clients were
+run (batched or sequential) and the device are not part of it: they change results by
+floating-point rounding only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tsfa.config.experiment import RunConfig
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def canonical(cfg: RunConfig) -> RunConfig:
+    """Equivalent configs hash equally: ILoRA ignores the controller and the budget (rho = 1, no
+    latency constraint), so its runs drop both (the automatic budget is always feasible)."""
+    if cfg.experiment.method == "ilora":
+        return cfg.replace(**{"experiment.controller": "fixed", "experiment.rho": 1.0,
+                              "experiment.solver": "joint", "control.latency_budget_s": []})
+    return cfg
+
+
+def config_hash(cfg: RunConfig, precision: str = "fp32") -> str:
+    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML (+ "-bf16")."""
+    digest = hashlib.sha256(canonical(cfg).to_toml().encode()).hexdigest()[:12]
+    return digest if precision == "fp32" else f"{digest}-{precision}"
+
+
+@dataclass(frozen=True)
+class CachedRun:
+    """A finished run read back from its directory: per-round and per-client tables."""
+
+    path: Path
+    rounds: pd.DataFrame
+    clients: pd.DataFrame
+    reused: bool
+
+
+def _done(path: Path, cfg: RunConfig, keep_checkpoint: bool = False) -> bool:
+    """Finished: every round logged (rounds.csv is appended round by round), and the
+    checkpoint kept if asked for."""
+    rounds = path / "rounds.csv"
+    if not rounds.is_file() or (keep_checkpoint and not (path / CHECKPOINT).is_file()):
+        return False
+    return len(pd.read_csv(rounds, usecols=["round"])) >= cfg.system.training.rounds
+
+
+def _train(cfg: RunConfig, path: Path, options: dict, threads: int | None = None) -> None:
+    from tsfa.engines.local import train
+
+    if threads is not None:
+        from tsfa.fl.device import set_threads
+
+        set_threads(threads)
+    train(cfg, out=path, resume=(path / CHECKPOINT).is_file(), **options)
+
+
+def _read(path: Path, reused: bool, keep_checkpoint: bool) -> CachedRun:
+    if not keep_checkpoint:
+        (path / CHECKPOINT).unlink(missing_ok=True)
+    return CachedRun(path, pd.read_csv(path / "rounds.csv"), pd.read_csv(path / "clients.csv"),
+                     reused)
+
+
+def cached_train(cfg: RunConfig, store: str | Path, log=None, keep_checkpoint: bool = False,
+                 **options) -> CachedRun:
+    """Train ``cfg`` into ``store/<config_hash>`` unless that run already finished there.
+
+    A started but unfinished run resumes from its checkpoint. The final checkpoint (global
+    factors, memories) is deleted unless ``keep_checkpoint`` (a finished run without one is
+    trained again). ``options``: ``clients``, ``device``, ``precision`` of
+    :func:`tsfa.engines.local.train`.
+    """
+    cfg = canonical(cfg)
+    path = Path(store) / config_hash(cfg, options.get("precision", "fp32"))
+    reused = _done(path, cfg, keep_checkpoint)
+    if not reused:
+        if log:
+            log(f"train {path.name}: {cfg.experiment.method}/{cfg.experiment.controller} "
+                f"r={cfg.experiment.rank} rho={cfg.experiment.rho:g}")
+        _train(cfg, path, options)
+    return _read(path, reused, keep_checkpoint)
+
+
+def lookup(cfg: RunConfig, store: str | Path, precision: str = "fp32") -> CachedRun | None:
+    """The finished run of ``cfg`` in ``store``, or None (nothing is trained)."""
+    cfg = canonical(cfg)
+    path = Path(store) / config_hash(cfg, precision)
+    return _read(path, True, True) if _done(path, cfg) else None
+
+
+def run_many(cfgs: list[RunConfig], store: str | Path, jobs: int = 1, log=None,
+             **options) -> list[CachedRun]:
+    """:func:`cached_train` for every config, in order; the runs not yet in the cache are
+    trained ``jobs`` at a time in worker processes (each with its share of the cores)."""
+    from tsfa.fl.device import default_threads
+
+    precision = options.get("precision", "fp32")
+    paths = [Path(store) / config_hash(canonical(c), precision) for c in cfgs]
+    todo = {p: canonical(c) for c, p in zip(cfgs, paths, strict=True) if not _done(p, c)}
+    if todo and jobs > 1:
+        threads = default_threads(jobs)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_train, c, p, options, threads) for p, c in todo.items()]
+            for p, f in zip(todo, futures, strict=True):
+                f.result()
+                if log:
+                    log(f"finished {p.name}")
+    return [cached_train(c, store, log, **options) for c in cfgs]
+
+
+__all__ = ["canonical", "config_hash", "CachedRun", "cached_train", "lookup", "run_many"]

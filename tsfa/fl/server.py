@@ -1,0 +1,223 @@
+"""The federated server (docs/model.md §4-§6): channel -> policy -> (clients) -> latency from the real
+payloads -> virtual queues -> separate aggregation -> evaluation.
+
+The server's state between rounds is :class:`ServerState` (round, global factors and head,
+virtual queues Q_k [s]); each round it plans (:meth:`Server.plan` -> :class:`RoundPlan`: fading
+draw and the policy's rho_k, w_k and send decision per client), then folds the clients'
+:class:`~tsfa.fl.client.ClientUpdate` s into the next state (:meth:`Server.finish`) and logs one
+:class:`RoundRecord`. Engines (:mod:`tsfa.engines`) drive it; it writes nothing.
+
+Fading is the stateless channel draw of :func:`tsfa.maths.wireless.fading_gains` per (seed,
+round, client), so changing the compressor never changes the channels. Aggregation uses the
+clients that sent: with the "update" protocol their weights p_k as given (a deferred client's
+update arrives later through its error-feedback memory, so the sum over time keeps every
+client's weight), with the "factor" protocol p_k renormalised over the senders (an average of
+factors); the head is the FedAvg of the senders' heads. Nobody sent: the model is unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from tsfa.config.experiment import RunConfig
+from tsfa.config.spec import SystemSpec
+from tsfa.control.from_spec import make_policy
+from tsfa.fl import metrics as mx
+from tsfa.fl.aggregate import aggregate, fedavg
+from tsfa.fl.build import Data, lora_model, run_task, test_data
+from tsfa.fl.client import ClientTask, ClientUpdate, GlobalModel
+from tsfa.fl.compress import compressor_for, decode_head
+from tsfa.fl.lora import get_factors, get_head_state, set_factors, set_head_state
+from tsfa.fl.partition import client_weights
+from tsfa.fl.tasks import Task
+from tsfa.fl.vit import ViT, flops_per_sample
+from tsfa.maths import wireless as wl
+from tsfa.maths.instance import realize
+from tsfa.maths.payload import PayloadModel
+
+
+def resolve_system(cfg: RunConfig, model: ViT, data_sizes) -> SystemSpec:
+    """The system spec of the model actually trained: LoRA modules, head size, FLOPs per sample
+    and data sizes come from the model and the partition (see :mod:`tsfa.config.experiment`)."""
+    vit, r = model.cfg, cfg.experiment.rank
+    head = vit.dim * vit.num_classes + vit.num_classes
+    ranks = [c for c in cfg.system.lora.rank_candidates if c <= vit.dim] or [r]
+    return cfg.system.replace(**{
+        "lora.n_modules": 2 * vit.depth, "lora.d_in": vit.dim, "lora.d_out": vit.dim,
+        "lora.head_params": head, "lora.rank_candidates": ranks,
+        "lora.lora_alpha": cfg.experiment.lora_alpha,
+        "compute.flops_per_sample": flops_per_sample(vit),
+        "clients.data_sizes": [int(s) for s in data_sizes],
+        "control.budget_reference_rank": r,
+        "bound.spectrum_dim": max(vit.dim, max(ranks)),
+    })
+
+
+@torch.no_grad()
+def evaluate(model: ViT, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
+    """Test accuracy and mean cross-entropy of the global model."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(y), batch):
+        logits = model(x[i:i + batch])
+        loss += float(F.cross_entropy(logits, y[i:i + batch], reduction="sum"))
+        correct += int((logits.argmax(1) == y[i:i + batch]).sum())
+    return correct / len(y), loss / len(y)
+
+
+@dataclass(frozen=True, eq=False)
+class ServerState:
+    """The server between rounds: the next ``round`` t, the global ``model`` and the virtual
+    queues ``queues`` (K,) [s]."""
+
+    round: int
+    model: GlobalModel
+    queues: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RoundPlan:
+    """The server's decision for round ``round``: fading ``gains_hz`` (K,) [Hz, gamma_k], ratios
+    ``rho`` (K,) in [1/r, 1], ``bandwidth_hz`` (K,), ``sent`` (K,) bool (false: deferred),
+    ``planned_bits`` (K,) the payload the policy planned, and the solver ``status``."""
+
+    round: int
+    gains_hz: np.ndarray
+    rho: np.ndarray
+    bandwidth_hz: np.ndarray
+    sent: np.ndarray
+    planned_bits: np.ndarray
+    status: str
+
+    def task(self, k: int) -> ClientTask:
+        """What client k is told: the round, its rho_k and whether it sends."""
+        return ClientTask(self.round, float(self.rho[k]), bool(self.sent[k]))
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round's log rows: ``round`` (one row of rounds.csv) and ``clients`` (K rows of
+    clients.csv)."""
+
+    round: dict
+    clients: tuple[dict, ...]
+
+
+class Server:
+    """Policy, aggregation, evaluation and queues of one run, built from its config, the task
+    (partition sizes give p_k; the test set) and the model (evaluated in place)."""
+
+    def __init__(self, cfg: RunConfig, task: Task, model: ViT, test: Data):
+        self.cfg, self.task, self.model, self.test = cfg, task, model, test
+        exp = cfg.experiment
+        self.weights = client_weights(task.parts)
+        self.system = resolve_system(cfg, model, [len(p) for p in task.parts])
+        self.inst = realize(self.system)
+        ideal = exp.method == "ilora"  # docs/model.md §6: rho = 1, no latency constraint
+        self.payload = PayloadModel.from_spec(self.system, exp.method, exp.rank, exp.equal_bits)
+        self.policy = make_policy(self.system, self.inst, exp.rank,
+                                  "fixed" if ideal else exp.controller, exp.solver,
+                                  1.0 if ideal else exp.rho, payload=self.payload)
+        self.options = compressor_for(exp, self.system.lora).options
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.weights)
+
+    def initial_state(self) -> ServerState:
+        glob = GlobalModel(get_factors(self.model), get_head_state(self.model))
+        return ServerState(0, glob, np.zeros(self.num_clients))
+
+    def plan(self, state: ServerState) -> RoundPlan:
+        """Start of round t: fading draw and the policy's decision per client."""
+        t, k = state.round, self.num_clients
+        gains = self.inst.mean_gamma_hz * wl.fading_gains(self.cfg.experiment.seed, t, k)
+        decision = self.policy.decide(state.queues, gains)
+        rho = np.clip(np.nan_to_num(decision.rho, nan=1.0), 1.0 / self.cfg.experiment.rank, 1.0)
+        sent = getattr(decision, "sent", None)
+        sent = np.ones(k, bool) if sent is None else np.asarray(sent, bool)
+        planned = getattr(decision, "planned_bits", None)
+        planned = (np.where(sent, self.payload.bits(rho), 0) if planned is None
+                   else np.asarray(planned))
+        return RoundPlan(t, gains, rho, np.asarray(decision.bandwidth_hz, dtype=float), sent,
+                         planned.astype(float), decision.status)
+
+    def aggregate(self, glob: GlobalModel, updates: list[ClientUpdate]) -> GlobalModel:
+        """New global factors (separate aggregation of the senders) and head (their FedAvg)."""
+        exp, opt = self.cfg.experiment, self.options
+        senders = [u for u in updates if u.sent]
+        if not senders:
+            return glob
+        p = self.weights[[u.client for u in senders]]
+        if opt.protocol == "factor":
+            p = p / p.sum()
+        factors = aggregate(glob.factors, [u.upload for u in senders], p,
+                            normalise=self.system.soft.aggregation == "normalised",
+                            protocol=opt.protocol, fill=opt.fill, correction=exp.cov_correction,
+                            ridge=exp.cov_ridge)
+        dtype = next(iter(glob.head.values())).dtype
+        head = fedavg([decode_head(u.head, dtype) for u in senders], p)
+        return GlobalModel(factors, head)
+
+    def finish(self, state: ServerState, plan: RoundPlan, updates: list[ClientUpdate],
+               started: float) -> tuple[ServerState, RoundRecord]:
+        """End of round t: latency from the real payloads, queues, aggregation, evaluation.
+        ``updates`` in client order; ``started``: ``time.perf_counter()`` at the round's start."""
+        if [u.client for u in updates] != list(range(self.num_clients)):
+            raise ValueError(f"round {plan.round}: updates from clients "
+                             f"{[u.client for u in updates]}, expected 0..{self.num_clients - 1}")
+        bits = np.asarray([u.bits for u in updates], dtype=float)
+        rate = wl.rate_bps(plan.bandwidth_hz, plan.gains_hz)
+        upload_s = np.divide(bits, rate, out=np.zeros_like(bits), where=bits > 0)
+        latency = self.inst.compute_s + upload_s
+        queues = self.policy.update_queues(state.queues, latency)
+        cov = self.covariance(state.model, updates)
+        glob = self.aggregate(state.model, updates)
+        set_factors(self.model, glob.factors)
+        set_head_state(self.model, glob.head)
+        acc, loss = evaluate(self.model, *self.test)
+        cpu = [(b.cpu(), a.cpu()) for b, a in glob.factors]  # metrics read numpy
+        row = {"round": plan.round, "accuracy": acc, "test_loss": loss,
+               "train_loss": float(np.mean([u.train_loss for u in updates])), **cov,
+               "orth_defect": mx.total_orthogonality_defect(cpu),
+               "kendall_tau": mx.mean_importance_agreement(cpu),
+               "mean_rho": float(plan.rho @ self.weights),
+               "senders": int(sum(u.sent for u in updates)), "total_bits": float(bits.sum()),
+               "mean_latency_s": float(latency.mean()), "max_latency_s": float(latency.max()),
+               "mean_queue_s": float(queues.mean()), "decision_status": plan.status,
+               "wall_s": time.perf_counter() - started}
+        clients = tuple({"round": plan.round, "client": k, "rho": float(plan.rho[k]),
+                         "sent": bool(plan.sent[k]), "bandwidth_hz": float(plan.bandwidth_hz[k]),
+                         "gamma_hz": float(plan.gains_hz[k]),
+                         "planned_bits": float(plan.planned_bits[k]), "bits": float(bits[k]),
+                         "latency_s": float(latency[k]), "compute_s": float(self.inst.compute_s[k]),
+                         "budget_s": float(self.inst.budget_s[k]), "queue_s": float(queues[k])}
+                        for k in range(self.num_clients))
+        return ServerState(plan.round + 1, glob, queues), RoundRecord(row, clients)
+
+    def covariance(self, glob: GlobalModel, updates: list[ClientUpdate]) -> dict[str, float]:
+        """||Cov||_F of the senders' uploaded factors (and its row-space split), p_k
+        renormalised over the senders (docs/model.md §2)."""
+        senders = [u for u in updates if u.sent]
+        p = self.weights[[u.client for u in senders]]
+        opt = self.options
+        return mx.covariance_split([(b.cpu(), a.cpu()) for b, a in glob.factors],
+                                   [u.upload for u in senders], p / p.sum() if senders else p,
+                                   self.cfg.experiment.cov_ridge, protocol=opt.protocol,
+                                   fill=opt.fill)
+
+
+def build_server(cfg: RunConfig, task: Task | None = None,
+                 device: torch.device | str = "cpu") -> Server:
+    """The server of ``cfg`` on ``device``: its task (built unless given), model and test set."""
+    task = run_task(cfg) if task is None else task
+    return Server(cfg, task, lora_model(cfg, task, device), test_data(task, device))
+
+
+__all__ = ["resolve_system", "evaluate", "ServerState", "RoundPlan", "RoundRecord", "Server",
+           "build_server"]

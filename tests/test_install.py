@@ -23,8 +23,8 @@ def test_pip_install_dot_then_tsfa_figures_tiny(tmp_path):
     py, exe = venv / "bin" / "python", venv / "bin" / "tsfa"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["MPLBACKEND"] = "Agg"
-    subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    str(ROOT)], check=True, env=env, cwd=tmp_path)
+    subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-deps", str(ROOT)], check=True,
+                   env=env, cwd=tmp_path)
     where = subprocess.run([py, "-c", "import tsfa; print(tsfa.__file__)"], check=True, env=env,
                            cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(venv), where  # the installed copy, not the checkout

@@ -116,6 +116,10 @@ def test_run_trains_at_the_r_star_it_printed(tmp_path):
     table = (train / "rank_table.csv").read_text()
     assert table.startswith("rank,") and ",J," in table.splitlines()[0]
     assert (tmp_path / "out" / "rank" / "rank_table.csv").is_file()
+    again = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "out"), "--rounds", "2",
+                                "--control-rounds", "20", "--threads", "1", "--resume"])
+    assert again.exit_code == 0, again.output  # a finished run resumes to itself
+    assert len((train / "rounds.csv").read_text().splitlines()) == 1 + 2
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -143,7 +142,6 @@ class TSFAStrategy(Strategy):
 def run_server(grid: Grid, cfg: RunConfig, out: str | Path | None = None,
                timeout_s: float = 3600.0) -> RunResult:
     """All ``training.rounds`` rounds of ``cfg`` over ``grid``; results written to ``out``."""
-    torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP setting = the process's
     server = build_server(cfg)
     output = RunOutput(Path(out).resolve() if out else None)
     output.start(cfg, server, engine="flower")

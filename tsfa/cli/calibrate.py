@@ -46,11 +46,21 @@ def pilot_cmd(
         gen = torch.Generator().manual_seed(int(substream(exp.seed, "training", 1).integers(2**62)))
         apply_lora(model, rank, exp.lora_alpha, generator=gen)
         result = run_pilot(model, task, pc)
-        path = save_pilot(result, out, system=cfg.system)
+        path = save_pilot(result, out, system=_resolved_system(cfg, model, task))
     except (SpecError, OSError, ValueError) as exc:
         fail(str(exc))
     print_frame(result.checkpoints, f"Pilot at rank {rank} ({len(task.parts)} clients)")
     console.print(f"pilot folder {path}")
+
+
+def _resolved_system(cfg, model, task):
+    """The system of the model actually trained (LoRA sizes, head, FLOPs, data sizes), as the
+    federated run resolves it: the base that `tsfa calibrate` calibrates."""
+    try:
+        from tsfa.fl.server import resolve_system
+    except ImportError:  # before the server/client split of the federated loop
+        from tsfa.fl.loop import resolve_system
+    return resolve_system(cfg, model, [len(p) for p in task.parts])
 
 
 @app.command("calibrate")

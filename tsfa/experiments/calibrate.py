@@ -165,10 +165,13 @@ def calibrate(runs, base: SystemSpec | None = None, *, cov_form: str | None = No
     # F0 - F*: initial population loss minus the lowest loss reached (a lower bound on the gap)
     f0 = float(np.mean([p.summary["initial_population_loss"] for p in pilots]))
     f_min = float(min(p.summary["final_population_loss"] for p in pilots))
-    estimates["initial_gap"] = est.Estimate(max(f0 - f_min, 1e-12), 0.0, n_runs,
-                                            "initial minus lowest final pilot loss")
-    prov["initial_gap"] = ("initial pilot loss minus the lowest final pilot loss (a lower bound "
-                           "on F0 - F*)")
+    if f0 > f_min:
+        estimates["initial_gap"] = est.Estimate(f0 - f_min, 0.0, n_runs,
+                                                "initial minus lowest final pilot loss")
+        prov["initial_gap"] = ("initial pilot loss minus the lowest final pilot loss (a lower "
+                               "bound on F0 - F*)")
+    else:
+        prov["initial_gap"] = "not determined (the pilots' loss did not decrease); base value kept"
 
     # eps(r): the spectrum of the highest-rank pilot, pooled over its modules
     top = max(pilots, key=lambda p: p.context["rank"])
@@ -183,6 +186,9 @@ def calibrate(runs, base: SystemSpec | None = None, *, cov_form: str | None = No
                            else np.zeros(len(ranks))})
     prov["spectrum"] = (f"singular values of the rank-{top.context['rank']} pilot update, pooled "
                         f"over its {len(spectra)} modules (eps(r) in the header)")
+    if top.context["rank"] < ranks.max():
+        prov["spectrum"] += (f"; eps(r) = 0 for r >= {top.context['rank']} only because the "
+                             "pilot's rank is lower: use a pilot of rank >= the largest candidate")
     prov["eps_model"] = "given: the calibrated spectrum below"
 
     # c3: measured ||Cov||_F of every pilot checkpoint against the form's prediction (c3 = 1)

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from tsfa.config.spec import SystemSpec, load_spec
 from tsfa.fl.lora import lora_modules, trainable_parameters
+from tsfa.fl.server import evaluate
 from tsfa.fl.tasks import Task
 from tsfa.maths.covariance import factor_covariance
 from tsfa.maths.rng import substream
@@ -141,14 +142,11 @@ def flat_gradient(model, targets, x: torch.Tensor, y: torch.Tensor, chunk: int) 
     return total / len(y)
 
 
-@torch.no_grad()
 def _loss(model, x, y, chunk) -> tuple[float, float]:
-    loss, correct = 0.0, 0
-    for i in range(0, len(y), chunk):
-        out = model(x[i:i + chunk])
-        loss += float(F.cross_entropy(out, y[i:i + chunk], reduction="sum"))
-        correct += int((out.argmax(1) == y[i:i + chunk]).sum())
-    return loss / len(y), correct / len(y)
+    """Mean cross-entropy and accuracy (the federated server's evaluation), training mode kept."""
+    acc, loss = evaluate(model, x, y, chunk)
+    model.train()
+    return loss, acc
 
 
 def _optimizer(params, cfg: PilotConfig):

@@ -72,7 +72,7 @@ def test_a_deferred_client_sends_nothing_and_keeps_its_update_in_memory():
     _deferring(e, [True, False, True])
     server, clients = e.initial_states()
     plan = e.server.plan(server)
-    assert plan.task(1) == ClientTask(0, 1.0, False)
+    assert plan.task(1) == ClientTask(0, 0.0, False)  # a deferred client is told rho = 0
     local = e.clients[1].train(server.model, 0)
     update, state = e.clients[1].respond(server.model, local, clients[1], plan.task(1))
     assert not update.sent and update.bits == 0 and update.head is None

@@ -83,8 +83,9 @@ class ServerState:
 @dataclass(frozen=True, eq=False)
 class RoundPlan:
     """The server's decision for round ``round``: fading ``gains_hz`` (K,) [Hz, gamma_k], ratios
-    ``rho`` (K,) in [1/r, 1], ``bandwidth_hz`` (K,), ``sent`` (K,) bool (false: deferred),
-    ``planned_bits`` (K,) the payload the policy planned, and the solver ``status``."""
+    ``rho`` (K,) in [1/r, 1] (0 for a deferred client), ``bandwidth_hz`` (K,), ``sent`` (K,) bool
+    (false: deferred), ``planned_bits`` (K,) the payload the policy planned, and the solver
+    ``status``."""
 
     round: int
     gains_hz: np.ndarray
@@ -138,9 +139,10 @@ class Server:
         t, k = state.round, self.num_clients
         gains = self.inst.mean_gamma_hz * wl.fading_gains(self.cfg.experiment.seed, t, k)
         decision = self.policy.decide(state.queues, gains)
-        rho = np.clip(np.nan_to_num(decision.rho, nan=1.0), 1.0 / self.cfg.experiment.rank, 1.0)
         sent = getattr(decision, "sent", None)
         sent = np.ones(k, bool) if sent is None else np.asarray(sent, bool)
+        rho = np.clip(np.nan_to_num(decision.rho, nan=1.0), 1.0 / self.cfg.experiment.rank, 1.0)
+        rho = np.where(sent, rho, 0.0)  # a deferred client sends nothing
         planned = getattr(decision, "planned_bits", None)
         planned = (np.where(sent, self.payload.bits(rho), 0) if planned is None
                    else np.asarray(planned))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tsfa.config.spec import SystemSpec
-from tsfa.control.offline import optimal_rank, rank_sensitivity, rank_table, relaxed_rank
+from tsfa.control.offline import optimal_rank, rank_table, relaxed_rank
+from tsfa.control.sensitivity import rank_sensitivity
 from tsfa.maths import wireless as wl
 from tsfa.maths.instance import realize
 from tsfa.maths.units import dbm_to_w
@@ -56,16 +57,20 @@ def brute_force_rank(spec: SystemSpec) -> int:
     return best
 
 
+NONE = {"control.deadline": "none"}  # the ergodic-rate model the brute force re-implements
 SPECS = {
-    "default": SystemSpec(),
-    "narrow": SystemSpec().replace(**{"wireless.bandwidth_total_hz": 1.0e6,
-                                      "control.latency_budget_s": [42.0]}),
-    "steep": SystemSpec().replace(**{"bound.spectrum_decay": 0.6, "bound.c3": 0.3}),
-    "many_clients": SystemSpec().replace(**{"clients.num_clients": 40, "clients.seed": 3}),
-    "rich_link": SystemSpec().replace(**{"wireless.tx_power_dbm": 40.0,
-                                         "control.latency_budget_s": [40.0], "bound.c3": 0.2}),
-    "sqrt_r": SystemSpec().replace(**{"bound.cov_form": "sqrt_r"}),
-    "heterogeneous": SystemSpec().replace(**{"bound.heterogeneity": 3.0}),
+    "default": SystemSpec().replace(**NONE),
+    "narrow": SystemSpec().replace(**NONE, **{"wireless.bandwidth_total_hz": 1.0e6,
+                                              "control.latency_budget_s": [42.0]}),
+    "steep": SystemSpec().replace(**NONE, **{"bound.spectrum_decay": 0.6, "bound.c3": 0.3}),
+    "many_clients": SystemSpec().replace(**NONE, **{"clients.num_clients": 40, "clients.seed": 3,
+                                                    "control.latency_budget_s": [70.0]}),
+    "rich_link": SystemSpec().replace(**NONE, **{"wireless.tx_power_dbm": 40.0,
+                                                 "control.latency_budget_s": [40.0],
+                                                 "bound.c3": 0.2}),
+    "sqrt_r": SystemSpec().replace(**NONE, **{"bound.cov_form": "sqrt_r"}),
+    "heterogeneous": SystemSpec().replace(**NONE, **{"bound.heterogeneity": 3.0}),
+    "relative_rule": SystemSpec().replace(**NONE, **{"control.latency_budget_s": []}),
 }
 
 
@@ -137,7 +142,8 @@ INFEASIBLE = {
     "huge_head": ({"lora.head_params": 50_000_000}, "uplink slack"),
     "slow_devices": ({"clients.device_flops_min": 1e10, "clients.device_flops_max": 2e10,
                       "control.latency_budget_s": [60.0]}, "compute latency"),
-    "thin_budget_rule": ({"control.budget_uplink_fraction": 0.001}, "uplink slack"),
+    "thin_budget_rule": ({"control.latency_budget_s": [], "control.budget_uplink_fraction": 0.001},
+                         "uplink slack"),
 }
 
 
@@ -153,21 +159,87 @@ def test_infeasible_specs_report_cause(name):
     assert rel.status == "infeasible" and cause in rel.message
 
 
-def test_sensitivity_moves_change_rstar_exactly_at_reported_point():
+def _apply(spec: SystemSpec, row):
+    """The spec with the printed move of one sensitivity row applied to its own value."""
+    section, key = row.parameter.split(".")
+    old = getattr(getattr(spec, section), key)
+    if isinstance(old, tuple):
+        return spec.replace(**{row.parameter: [b * row.move for b in old]})
+    if row.parameter == "wireless.tx_power_dbm":
+        return spec.replace(**{row.parameter: old + row.move})
+    if row.parameter == "training.local_steps":
+        return spec.replace(**{row.parameter: round(old * row.move)})
+    return spec.replace(**{row.parameter: old * row.move})
+
+
+def _one_digit_back(spec: SystemSpec, row):
+    """The spec moved by the printed move less one unit of its 4th significant digit (toward no
+    move): the threshold lies within that last digit."""
+    unit = 10.0 ** (math.floor(math.log10(abs(row.move))) - 3)
+    back = row.move - unit if row.direction == "up" else row.move + unit
+    return _apply(spec, row._replace(move=back))
+
+
+def test_sensitivity_factor_applied_to_the_spec_flips_rstar():
+    """Default spec (budget in seconds): every printed move, applied as printed to the spec the
+    user edits, changes r* (to the printed new rank); one unit of its last printed digit less
+    does not (the threshold is within the printed precision; integer keys are exact)."""
     spec = SystemSpec()
     table = rank_sensitivity(spec)
     r0 = optimal_rank(spec).solution["rank"]
-    budgets = realize(spec).budget_s.tolist()
-    frozen = spec.replace(**{"control.latency_budget_s": budgets})
     found = table.dropna(subset=["move"])
-    assert len(found) >= 5
+    assert len(found) >= 8
+    keys = set(found["parameter"])
+    assert {"wireless.bandwidth_total_hz", "wireless.tx_power_dbm",
+            "control.latency_budget_s"} <= keys
     for row in found.itertuples():
-        if row.parameter in ("control.latency_budget_s", "training.local_steps"):
+        moved = optimal_rank(_apply(spec, row))
+        assert (moved.solution.get("rank") if moved.ok else "infeasible") != r0, row
+        assert moved.solution.get("rank", "infeasible") == row.new_rank or not moved.ok
+        if row.parameter == "training.local_steps":
             continue
-        new = frozen.replace(**{row.parameter: row.new_value})
-        assert optimal_rank(new).solution.get("rank") != r0
-        # slightly less than the reported move leaves r* unchanged
-        section, key = row.parameter.split(".")
-        old = getattr(getattr(frozen, section), key)
-        back = old + 0.99 * (row.new_value - old)
-        assert optimal_rank(frozen.replace(**{row.parameter: back})).solution["rank"] == r0
+        assert optimal_rank(_one_digit_back(spec, row)).solution.get("rank") == r0, row
+
+
+def test_budget_in_seconds_makes_the_spec_count():
+    """With the default budget in seconds, editing the bandwidth (x4), the distances, the power
+    or K changes J(r) (and r* where the sensitivity says so); under the relative rule the budget
+    moves with the link and J(r) stays almost the same (why it is not the default)."""
+    spec = SystemSpec()
+    assert spec.control.latency_budget_s == (40.0,)
+    base = rank_table(spec)["J"].to_numpy()
+    for change in ({"wireless.bandwidth_total_hz": 8e6}, {"clients.distance_max_m": 900.0},
+                   {"wireless.tx_power_dbm": 17.0}, {"clients.num_clients": 20}):
+        moved = rank_table(spec.replace(**change))["J"].to_numpy()
+        assert not np.allclose(moved, base, rtol=1e-3), change
+    wide = SystemSpec().replace(**{"wireless.bandwidth_total_hz": 2e6 * 0.5})
+    assert optimal_rank(wide).solution["rank"] != optimal_rank(spec).solution["rank"]
+
+
+def test_deferral_planning_model_against_monte_carlo():
+    """Offline model with deferral (docs/model.md §3): at the planned ratio rho_bar_k(r), the
+    reference policy (equal share, upload unless it would end after D_k) has the participation
+    pi_k the table uses and a mean latency within the budget (at it when the budget binds)."""
+    from tsfa.control.offline import affordable_rho, participation, planning_rate_bps
+    from tsfa.maths.payload import PayloadModel
+
+    spec = SystemSpec().replace(**{"clients.distance_min_m": 200.0, "clients.distance_max_m": 3000.0,
+                                   "control.latency_budget_s": [60.0]})
+    inst = realize(spec)
+    r = 16
+    rho = affordable_rho(spec, inst, r)
+    pi = participation(spec, inst, r, rho)
+    pay = PayloadModel.from_spec(spec, "soft", r)
+    bits = pay.slope_bits * rho + pay.head_bits
+    w = spec.wireless.bandwidth_total_hz / spec.clients.num_clients
+    slack = inst.budget_s - inst.compute_s
+    x = np.random.default_rng(0).exponential(size=(400_000, 1))
+    upload = bits / wl.rate_bps(w, inst.mean_gamma_hz * x)
+    sent = upload <= spec.control.deadline_factor * slack
+    np.testing.assert_allclose(sent.mean(axis=0), pi, atol=3e-3)
+    mean_up = np.where(sent, upload, 0.0).mean(axis=0)
+    assert np.all(mean_up <= slack * 1.01), (mean_up / slack)
+    binding = (rho > 1 / r) & (rho < 1) & (rho * pay.slope_bits + pay.head_bits
+                                             >= 0.999 * slack * planning_rate_bps(spec, inst))
+    assert binding.any()
+    np.testing.assert_allclose(mean_up[binding], slack[binding], rtol=0.02)

@@ -79,7 +79,28 @@ BAD = [
     ("bits_too_many", {"lora": {"bits_per_param": 128}}, ["lora.bits_per_param", "<= 64"]),
     ("negative_V", {"control": {"V": -1.0}}, ["control.V", ">= 0"]),
     ("zero_local_steps", {"training": {"local_steps": 0}}, ["training.local_steps", ">= 1"]),
+    ("bad_deadline_rule", {"control": {"deadline": "drop"}},
+     ["control.deadline", "'defer'", "'none'"]),
+    ("deadline_factor_below_one", {"control": {"deadline_factor": 0.5}},
+     ["control.deadline_factor", ">= 1"]),
+    ("bad_constraint", {"control": {"constraint": "mean"}},
+     ["control.constraint", "'per_client'", "'max'"]),
 ]
+
+
+def test_spec_path_that_is_a_directory(tmp_path):
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)
+
+
+def test_default_budget_is_in_seconds_and_documented():
+    """The spec a user edits carries its budget in seconds; the relative rule is opt-in."""
+    spec = SystemSpec()
+    assert spec.control.latency_budget_s == (40.0,)
+    assert spec.control.deadline == "defer"
+    text = spec.to_toml()
+    assert "latency_budget_s = [40.0]" in text
+    assert "bound constants c4, L, G do not enter" in text  # the penalty normalisation
 
 
 @pytest.mark.parametrize(("changes", "needles"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])

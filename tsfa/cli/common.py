@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
 
 from tsfa.config.spec import SpecError, load_spec
+from tsfa.reporting.control_record import jsonable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tsfa: wireless federated LoRA fine-tuning (SOFT + TSFA).")
@@ -28,27 +27,16 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def warn(message: str) -> None:
+    """One line on stderr: ``warning: ...``."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 def load(spec_path):
     try:
         return load_spec(spec_path)
     except SpecError as exc:
         fail(str(exc))
-
-
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, pd.DataFrame):
-        return jsonable(obj.to_dict(orient="records"))
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
 
 
 def print_json(obj) -> None:

@@ -223,23 +223,42 @@ class TrainingSpec(_Section):
 
 @dataclass(frozen=True)
 class ControlSpec(_Section):
-    """Online Lyapunov control and latency budget (docs/model.md §4, §7)."""
+    """Online Lyapunov control, latency budget and per-round deadline (docs/model.md §4, §7).
+
+    The controller's penalty is normalised, not the bound's: its weight of p_k phi(rho_k) is
+    V Gamma_k with Gamma_k = U_k^2 / p_k [s^2], U_k the upload time at rho = 1 on the ergodic
+    equal-share rate; the bound's c4 L^2 eta^2 tau^2 G^2 does not enter (docs/notation.md).
+    """
 
     SECTION = "control"
-    V: float = _f(1.0, "drift-plus-penalty trade-off V (penalty normalised, see docs/model.md)",
+    V: float = _f(1.0, "drift-plus-penalty trade-off V; the penalty weight is V Gamma_k with "
+                  "Gamma_k = U_k^2 / p_k [s^2] (U_k: upload time at rho = 1 on the ergodic "
+                  "equal-share rate; bound constants c4, L, G do not enter, docs/notation.md)",
                   "", 0.0, 1e12, kind=float)
     phi: str = _f("inv", "sparsification penalty phi: inv=(1-rho)/rho, inv_sq=(1-rho)/rho^2, "
                   "linear=1-rho", choices=("inv", "inv_sq", "linear"), kind=str)
-    latency_budget_s: tuple = _f([], "per-round latency budget Tbar_k; empty = automatic rule, one "
-                                 "value = every client, else one per client", "s", 0.0, None,
+    latency_budget_s: tuple = _f([40.0], "long-term latency budget per round Tbar_k (compute + "
+                                 "upload); one value = every client, else one per client; empty "
+                                 "= the relative rule of budget_uplink_fraction", "s", 0.0, None,
                                  lo_open=True, kind=float)
-    budget_uplink_fraction: float = _f(0.5, "automatic budget: Tbar_k = T^cmp_k + this fraction "
-                                       "of the mean uplink latency at rho = 1, equal bandwidth",
+    budget_uplink_fraction: float = _f(0.5, "relative rule (only when latency_budget_s is empty): "
+                                       "Tbar_k = T^cmp_k + this fraction of client k's expected "
+                                       "upload time at rho = 1 on an equal share, uploads slower "
+                                       "than deadline_factor x the ergodic-rate time deferred "
+                                       "(deadline = 'none': of the ergodic-rate time)",
                                        "", 0.0, 100.0, lo_open=True, kind=float)
-    budget_reference_rank: int = _f(16, "rank at which the automatic budget is computed", "", 1,
+    budget_reference_rank: int = _f(16, "relative rule: rank of the upload at rho = 1", "", 1,
                                     None, kind=int)
-    constraint: str = _f("per_client", "long-term constraint: per_client, or max (mean of max_k "
-                         "T_k)", choices=("per_client", "max"), kind=str)
+    constraint: str = _f("per_client", "long-term constraint: per_client (mean latency of each "
+                         "client <= Tbar_k, one queue each) or max (mean of max_k T_k <= "
+                         "max_k Tbar_k, one queue)", choices=("per_client", "max"), kind=str)
+    deadline: str = _f("defer", "per-round deadline rule: defer (an upload that would end after "
+                       "D_k = T^cmp_k + deadline_factor (Tbar_k - T^cmp_k) is not sent that round; "
+                       "it stays in the error-feedback memory) or none (no deadline: deep fades "
+                       "make the mean latency unbounded)", choices=("defer", "none"), kind=str)
+    deadline_factor: float = _f(4.0, "D_k = T^cmp_k + this factor x (Tbar_k - T^cmp_k): the longest "
+                                "upload allowed in one round, in units of the uplink budget", "",
+                                1.0, 1e6, kind=float)
 
 
 @dataclass(frozen=True)
@@ -439,12 +458,17 @@ def load_spec(path: str | Path | None = None) -> SystemSpec:
 def read_toml(path: str | Path, what: str = "file", hint: str = "") -> dict:
     """Parse a TOML file; a missing file or malformed TOML is a :class:`SpecError`."""
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"{what} {str(p)!r} is a directory, not a TOML file"
+                        + (f" ({hint})" if hint else ""))
     if not p.is_file():
         raise SpecError(f"{what} {str(p)!r} does not exist" + (f" ({hint})" if hint else ""))
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"{what} {str(p)!r} cannot be read: {exc.strerror}") from None
 
 
 def spec_from_toml(text: str) -> SystemSpec:

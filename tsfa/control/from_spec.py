@@ -6,13 +6,16 @@ The controller works on plain arrays; this module derives them from a
 * payload slope ``a`` and head bits ``h`` of the method's :class:`~tsfa.maths.payload.PayloadModel`
   (affine relaxation of its exact count, §1; for SOFT ``a = S_full(r) + M r ceil(log2 r)``);
 * ``rho_min = 1 / r``;
-* penalty normalisation ("V = 1 after normalisation", §7) [DESIGN]: ``Gamma_k = U_k^2 / p_k`` with
-  ``U_k = S(rho = 1) / R_bar_k`` the uplink time at rho = 1 on the ergodic equal-bandwidth rate
-  [s]. The penalty ``V p_k Gamma_k phi(rho_k) = V U_k^2 phi(rho_k)`` is then in s^2, the units of
-  ``Q_k T_k``, and the rho-step ``rho^2 = p V Gamma R / (Q a)`` gives interior ratios for queues of
-  the order of ``U_k`` at V = 1. The bound's ``Gamma = c4 L^2 eta^2 tau^2 G^2`` is common to all
-  clients, so this rescaling changes only the meaning of V, not the controller's preferences
-  between clients.
+* penalty normalisation ("V = 1 after normalisation", §7) [DESIGN]: ``Gamma_k = U_k^2 / p_k``
+  (``sparsity_weights``) with ``U_k = S(rho = 1) / R_bar_k`` the uplink time at rho = 1 on the
+  ergodic equal-bandwidth rate [s]. The penalty ``V p_k Gamma_k phi(rho_k) = V U_k^2 phi(rho_k)``
+  is then in s^2, the units of ``Q_k T_k``, and the rho-step ``rho^2 = p V Gamma R / (Q a)``
+  gives interior ratios for queues of the order of ``U_k`` at V = 1. The bound's constants
+  (``c4 L^2 eta^2 tau^2 G^2``) do not enter, and the clients are weighted by ``U_k^2`` where the
+  bound weights them by ``p_k``: relative to the bound, client k's trade-off is that of
+  ``V_k = V U_k^2 / (p_k c4 L^2 eta^2 tau^2 G^2)`` (docs/notation.md, "Gamma_k");
+* per-round deadlines ``D_k`` (``control.deadline``, :func:`tsfa.maths.instance.round_deadlines_s`)
+  and the long-term ``control.constraint``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from tsfa.config.spec import SystemSpec
 from tsfa.control.lyapunov import EqualBandwidthPolicy, LyapunovController, MyopicPolicy
-from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps
+from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, round_deadlines_s
 from tsfa.maths.payload import PayloadModel
 
 POLICIES = ("tsfa", "fixed", "myopic")
@@ -41,13 +44,16 @@ def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int,
         weights=inst.weights,
         compute_s=inst.compute_s,
         budget_s=inst.budget_s,
-        penalty_weights=uplink_s**2 / inst.weights,
+        sparsity_weights=uplink_s**2 / inst.weights,
         slope_bits=slope,
         head_bits=head,
         total_bandwidth_hz=wi.bandwidth_total_hz,
         min_bandwidth_hz=wi.bandwidth_min_hz,
         rho_min=1.0 / rank,
         phi=spec.control.phi,
+        deadline_s=round_deadlines_s(spec, inst),
+        constraint=spec.control.constraint,
+        payload=payload,
     )
 
 

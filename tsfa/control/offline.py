@@ -1,23 +1,30 @@
 """TSFA offline stage: choose the LoRA rank by minimising the bound (docs/model.md §3) [DESIGN].
 
-    J(r) = c5 eps(r) + cov(r) + Gamma sum_k p_k phi(rho_bar_k(r)),
+    J(r) = c5 eps(r) + cov(r) + Gamma sum_k p_k phi(pi_k(r) rho_bar_k(r)),
 
 cov(r) the covariance term in the spec's form ``bound.cov_form`` (linear in r in both forms),
-with the ratio each client can afford on its ergodic equal-bandwidth rate R_bar_k
 
-    rho_bar_k(r) = clip(((Tbar_k - T^cmp_k) R_bar_k - S_head) / S_1(r) / r, 1/r, 1),
+with the ratio each client can afford on its planning rate ``R_plan_k`` (:func:`planning_rate_bps`)
 
-``S_1(r) = q_b sum_m (d_in + d_out) + M ceil(log2 r)`` the bits of one rank component per module
-(factor values plus its index). Two solvers: exact enumeration over the candidates
-(:func:`optimal_rank`) and a CVXPY continuous relaxation in log variables (:func:`relaxed_rank`).
-A spec whose budget cannot carry even one component per module is reported infeasible, naming the
-binding client and quantity.
+    rho_bar_k(r) = clip(min(((Tbar_k - T^cmp_k) R_plan_k - S_head) / (r S_1(r)), rho_pi_k(r)), 1/r, 1),
+
+``S_1(r)`` the bits of one rank component per module (factor values plus its index). With the
+default per-round deadline (``control.deadline = 'defer'``) ``R_plan`` is the largest steady rate
+whose expected upload time, deferring uploads slower than the deadline, stays within the uplink
+budget on an equal share (finite under Rayleigh fading, :mod:`tsfa.maths.outage`); ``pi_k`` is
+the probability that the upload fits the deadline and ``rho_pi`` the ratio maximising
+``pi rho``. With ``'none'``, ``R_plan`` is the ergodic rate and ``pi = 1`` (the old model).
+Two solvers: exact enumeration over the candidates (:func:`optimal_rank`) and a CVXPY continuous
+relaxation in log variables (:func:`relaxed_rank`). A spec whose budget cannot carry even one
+component per module is reported infeasible, naming the binding client and quantity.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+import types
 
 import numpy as np
 import pandas as pd
@@ -25,6 +32,7 @@ import pandas as pd
 from tsfa.config.spec import SystemSpec
 from tsfa.maths import bound as bd
 from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, realize
+from tsfa.maths.outage import LN2, affordable_efficiency
 from tsfa.maths.payload import PayloadModel
 from tsfa.optim.result import INFEASIBLE, OPTIMAL, SolveResult
 
@@ -32,26 +40,93 @@ from tsfa.optim.result import INFEASIBLE, OPTIMAL, SolveResult
 def component_bits(spec: SystemSpec, rank) -> np.ndarray:
     """S_1(r): bits of one rank component in every module, values plus index [bits]: SOFT's
     planning slope over r (:attr:`tsfa.maths.payload.PayloadModel.slope_bits`)."""
-    one = lambda r: PayloadModel.from_spec(spec, "soft", int(r)).slope_bits / int(r)  # noqa: E731
+    one = lambda r: _soft_slope_bits(spec.lora, int(r)) / int(r)  # noqa: E731
     return np.vectorize(one, otypes=[float])(np.asarray(rank))
 
 
-def affordable_components(spec: SystemSpec, inst: SystemInstance, rank) -> np.ndarray:
-    """m_k(r) = ((Tbar_k - T^cmp_k) R_bar_k - S_head) / S_1(r): components per module client k can
-    send within its budget on the ergodic equal-bandwidth rate (continuous, may be < 1).
+@functools.lru_cache(maxsize=1024)
+def _soft_slope_bits(lora, rank: int) -> float:
+    """SOFT's planning slope for a (frozen, hashable) ``lora`` section, cached: the sensitivity
+    analysis asks for it hundreds of times."""
+    return PayloadModel.from_spec(types.SimpleNamespace(lora=lora), "soft", rank).slope_bits
 
-    Shape: broadcast of rank (...,) against clients -> (..., K).
+
+def planning_rate_bps(spec: SystemSpec, inst: SystemInstance) -> np.ndarray:
+    """``R_plan_k`` [bit/s], (K,): the rate the offline stage plans client k's uploads with.
+
+    ``deadline = 'defer'``: ``sigma*(s_k, kappa) W_tot / K`` (:func:`tsfa.maths.outage.
+    affordable_efficiency`): a steady payload of ``b R_plan`` bits per round has an expected upload
+    time of at most the uplink budget ``b`` when uploads slower than ``kappa b`` are deferred.
+    ``'none'``: the ergodic rate ``R_bar_k`` on the equal share.
     """
-    rbar = equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
+    if spec.control.deadline == "none":
+        return equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
+    w = spec.wireless.bandwidth_total_hz / spec.clients.num_clients
+    return affordable_efficiency(inst.mean_gamma_hz / w, spec.control.deadline_factor) * w
+
+
+def affordable_components(spec: SystemSpec, inst: SystemInstance, rank, rate=None) -> np.ndarray:
+    """m_k(r) = ((Tbar_k - T^cmp_k) R_plan_k - S_head) / S_1(r): components per module client k can
+    send within its budget on its planning rate (continuous, may be < 1).
+
+    Shape: broadcast of rank (...,) against clients -> (..., K). ``rate``: ``R_plan`` if known.
+    """
+    rate = planning_rate_bps(spec, inst) if rate is None else rate
     head = spec.lora.bits_per_param * spec.lora.head_params
-    slack_bits = (inst.budget_s - inst.compute_s) * rbar - head
+    slack_bits = (inst.budget_s - inst.compute_s) * rate - head
     return slack_bits / component_bits(spec, np.asarray(rank, float)[..., None])
 
 
-def affordable_rho(spec: SystemSpec, inst: SystemInstance, rank) -> np.ndarray:
-    """rho_bar_k(r) = clip(m_k(r) / r, 1/r, 1) (docs/model.md §3), shape (..., K)."""
+def _lambert_w0(z: np.ndarray) -> np.ndarray:
+    """Principal branch ``W0(z)`` for ``z >= 0`` (Halley's iteration from the asymptotic
+    ``log z - log log z`` above e, ``log1p(z)`` below; three steps give 1e-15)."""
+    big = z > np.e
+    lz = np.log(np.where(big, z, np.e))
+    y = np.where(big, lz - np.log(lz), np.log1p(z))
+    for _ in range(3):
+        ey = np.exp(y)
+        f = y * ey - z
+        y = y - f / (ey * (y + 1.0) - (y + 2.0) * f / (2.0 * y + 2.0))
+    return y
+
+
+def _sigma(spec: SystemSpec, inst: SystemInstance, rank):
+    """``sigma_k(rho) = c1 rho + c0`` [bit/s/Hz]: the spectral efficiency that sends the upload
+    at ratio rho within the uplink budget on the equal share; returns ``(c1, c0, s, kappa)``."""
+    w = spec.wireless.bandwidth_total_hz / spec.clients.num_clients
+    b = np.maximum(inst.budget_s - inst.compute_s, 1e-300)
     r = np.asarray(rank, float)[..., None]
-    return np.clip(affordable_components(spec, inst, rank) / r, 1.0 / r, 1.0)
+    c1 = component_bits(spec, r) * r / (w * b)
+    c0 = spec.lora.bits_per_param * spec.lora.head_params / (w * b)
+    return c1, c0, inst.mean_gamma_hz / w, spec.control.deadline_factor
+
+
+def participation(spec: SystemSpec, inst: SystemInstance, rank, rho) -> np.ndarray:
+    """``pi_k = P(upload at ratio rho fits D_k)`` on the equal share, shape (..., K); 1 without a
+    deadline. ``pi = exp(-(2^{sigma(rho) / kappa} - 1) / s_k)`` (:mod:`tsfa.maths.outage`)."""
+    if spec.control.deadline == "none":
+        return np.ones(np.broadcast_shapes(np.shape(rho), (inst.num_clients,)))
+    c1, c0, s, kappa = _sigma(spec, inst, rank)
+    arg = np.minimum(LN2 * (c1 * rho + c0) / kappa, 700.0)  # beyond: pi = 0 to double precision
+    return np.exp(-np.expm1(arg) / s)
+
+
+def affordable_rho(spec: SystemSpec, inst: SystemInstance, rank, rate=None, m=None) -> np.ndarray:
+    """rho_bar_k(r) = clip(min(m_k(r) / r, rho_pi_k(r)), 1/r, 1) (docs/model.md §3), (..., K).
+
+    ``rho_pi = kappa W0(s 2^{-c0 / kappa}) / (c1 ln 2)`` maximises ``pi(rho) rho`` (a larger ratio
+    is deferred so often that fewer components get through); no such cap without a deadline.
+    ``m``: :func:`affordable_components` if already known.
+    """
+    r = np.asarray(rank, float)[..., None]
+    m = affordable_components(spec, inst, rank, rate) if m is None else m
+    rho = m / r
+    if spec.control.deadline == "defer":
+        c1, c0, s, kappa = _sigma(spec, inst, rank)
+        with np.errstate(over="ignore", under="ignore"):
+            w0 = _lambert_w0(s * np.exp2(-c0 / kappa))  # (K,): independent of the rank
+        rho = np.minimum(rho, kappa * w0 / (c1 * LN2))
+    return np.clip(rho, 1.0 / r, 1.0)
 
 
 def _summarise(reasons: list[str], limit: int = 3) -> list[str]:
@@ -71,42 +146,63 @@ def infeasibility_reasons(spec: SystemSpec, inst: SystemInstance, rank: int) -> 
         reasons.append(
             f"the latency budget Tbar_{k} = {inst.budget_s[k]:.4g} s is at or below client {k}'s "
             f"compute latency T^cmp_{k} = {inst.compute_s[k]:.4g} s")
-    m = affordable_components(spec, inst, rank)
-    rbar = equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
+    rate = planning_rate_bps(spec, inst)
+    m = affordable_components(spec, inst, rank, rate)
     head = spec.lora.bits_per_param * spec.lora.head_params
-    need = (head + component_bits(spec, rank)) / rbar
+    need = (head + component_bits(spec, rank)) / rate
     over = np.where((m < 1.0) & (inst.budget_s > inst.compute_s), 1.0 - m, -np.inf)
+    what = ("planning rate (expected upload time within the budget, uploads slower than the "
+            "deadline deferred)" if spec.control.deadline == "defer" else
+            "ergodic equal-bandwidth rate")
     for k in sorted(np.flatnonzero(over > -np.inf), key=lambda i: -over[i]):
         reasons.append(
             f"client {k}'s uplink slack Tbar - T^cmp = {inst.budget_s[k] - inst.compute_s[k]:.4g} s "
             f"is below the {need[k]:.4g} s needed to send the head and one rank component per module "
-            f"(rho = 1/r) at its ergodic equal-bandwidth rate {rbar[k] / 1e6:.4g} Mbit/s")
+            f"(rho = 1/r) at its {what} {rate[k] / 1e6:.4g} Mbit/s")
     return _summarise(reasons)
 
 
-def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None) -> pd.DataFrame:
+def client_terms(spec: SystemSpec, inst: SystemInstance, ranks, rate=None) -> dict:
+    """The K-dependent part of J(r) for each rank (R,): ``phi_mean`` = ``sum_k p_k phi(pi_k
+    rho_bar_k)``, ``feasible``, and the means/minima of rho_bar and pi (the rest of J depends on
+    the bound constants only; :mod:`tsfa.control.sensitivity` re-uses this part). ``rate``:
+    :func:`planning_rate_bps` if already known."""
+    ranks = np.asarray(ranks, dtype=int)
+    rate = planning_rate_bps(spec, inst) if rate is None else rate
+    m = affordable_components(spec, inst, ranks, rate)  # (R, K)
+    rho = affordable_rho(spec, inst, ranks, rate, m)
+    pi = participation(spec, inst, ranks, rho)
+    eff = np.maximum(rho * pi, 1e-300)
+    feasible = np.all(m >= 1.0, axis=-1) & np.all(inst.budget_s > inst.compute_s)
+    return {"phi_mean": np.sum(inst.weights * bd.phi(eff, spec.control.phi), axis=-1),
+            "feasible": feasible, "rho_bar_mean": rho @ inst.weights,
+            "rho_bar_min": rho.min(axis=-1), "participation_mean": pi @ inst.weights,
+            "participation_min": pi.min(axis=-1)}
+
+
+def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None,
+               terms: dict | None = None) -> pd.DataFrame:
     """J(r) and its terms for every candidate rank (docs/model.md §3): one row per rank.
 
-    Columns: rank, eps, rank_term, cov_term, sparse_term, J, rho_bar_mean, rho_bar_min, feasible.
-    Infeasible ranks get J = inf.
+    Columns: rank, eps, rank_term, cov_term, sparse_term, J, rho_bar_mean, rho_bar_min,
+    participation_mean, participation_min (pi: share of rounds the upload fits the deadline),
+    feasible. Infeasible ranks get J = inf. ``terms``: :func:`client_terms` if already known.
     """
-    inst = realize(spec) if inst is None else inst
     ranks = np.asarray(spec.lora.rank_candidates if ranks is None else ranks, dtype=int)
+    if terms is None:
+        terms = client_terms(spec, realize(spec) if inst is None else inst, ranks)
     b, tr = spec.bound, spec.training
     eps = eps_of(spec, ranks)
-    rho = affordable_rho(spec, inst, ranks)  # (R, K)
-    feasible = np.all(affordable_components(spec, inst, ranks) >= 1.0, axis=-1) & np.all(
-        inst.budget_s > inst.compute_s)
     rank_t = bd.rank_term(eps, b.c5)
     cov_t = covariance_of(spec, ranks)
-    phi_mean = np.sum(inst.weights * bd.phi(rho, spec.control.phi), axis=-1)  # one round, (R,)
-    sparse_t = bd.sparsification_term(phi_mean, b.smoothness, tr.learning_rate, tr.local_steps,
-                                      b.grad_bound, b.c4)
-    total = np.where(feasible, rank_t + cov_t + sparse_t, np.inf)
+    sparse_t = bd.sparsification_term(terms["phi_mean"], b.smoothness, tr.learning_rate,
+                                      tr.local_steps, b.grad_bound, b.c4)
+    total = np.where(terms["feasible"], rank_t + cov_t + sparse_t, np.inf)
     return pd.DataFrame({
         "rank": ranks, "eps": eps, "rank_term": rank_t, "cov_term": cov_t,
-        "sparse_term": sparse_t, "J": total, "rho_bar_mean": rho @ inst.weights,
-        "rho_bar_min": rho.min(axis=-1), "feasible": feasible,
+        "sparse_term": sparse_t, "J": total,
+        **{n: terms[n] for n in ("rho_bar_mean", "rho_bar_min", "participation_mean",
+                                 "participation_min", "feasible")},
     })
 
 
@@ -126,16 +222,19 @@ def eps_of(spec: SystemSpec, ranks) -> np.ndarray:
     return bd.eps_power_law(ranks, b.spectrum_dim, b.spectrum_decay)
 
 
-def optimal_rank(spec: SystemSpec, inst: SystemInstance | None = None) -> SolveResult:
+def optimal_rank(spec: SystemSpec, inst: SystemInstance | None = None,
+                 terms: dict | None = None) -> SolveResult:
     """Exact r* = argmin_r J(r) over ``lora.rank_candidates`` by enumeration (docs/model.md §3).
 
     Returns status "optimal" with solution {"rank", "table"} or "infeasible" with the reason of
     the smallest candidate rank (the cheapest to send) in ``message``.
     """
     t0 = time.perf_counter()
-    inst = realize(spec) if inst is None else inst
-    table = rank_table(spec, inst)
+    if terms is None and inst is None:
+        inst = realize(spec)
+    table = rank_table(spec, inst, terms=terms)
     if not table["feasible"].any():
+        inst = realize(spec) if inst is None else inst
         r0 = int(table["rank"].iloc[0])
         reasons = infeasibility_reasons(spec, inst, r0)
         return SolveResult(INFEASIBLE, math.nan, {"table": table}, {}, len(table),
@@ -213,88 +312,9 @@ def relaxed_rank(spec: SystemSpec, inst: SystemInstance | None = None, solver: s
         int(prob.solver_stats.num_iters or 0), time.perf_counter() - t0, f"cvxpy:{solver}", "")
 
 
-# parameters whose change can move r*: (dotted key, how to move it)
-SENSITIVITY_KEYS = (
-    ("wireless.bandwidth_total_hz", "scale"),
-    ("wireless.tx_power_dbm", "shift"),
-    ("control.latency_budget_s", "scale"),
-    ("training.local_steps", "scale_int"),
-    ("training.learning_rate", "scale"),
-    ("bound.grad_bound", "scale"),
-    ("bound.smoothness", "scale"),
-    ("bound.spectrum_decay", "scale"),
-    ("bound.c3", "scale"),
-    ("bound.c4", "scale"),
-    ("bound.c5", "scale"),
-)
+def __getattr__(name: str):  # rank_sensitivity lives in tsfa.control.sensitivity
+    if name in ("rank_sensitivity", "SENSITIVITY_KEYS"):
+        from tsfa.control import sensitivity
 
-
-def _moved(spec: SystemSpec, key: str, how: str, amount: float):
-    section, name = key.split(".")
-    value = getattr(getattr(spec, section), name)
-    if how == "shift":
-        new = value + amount
-    elif how == "scale_int":
-        new = max(1, round(value * math.exp(amount)))
-    elif isinstance(value, tuple):  # per-client budgets move together
-        new = [v * math.exp(amount) for v in value]
-    else:
-        new = value * math.exp(amount)
-    return spec.replace(**{key: new}), new
-
-
-def rank_sensitivity(spec: SystemSpec, max_log_factor: float = math.log(1e3),
-                     max_shift_db: float = 60.0, tol: float = 1e-6) -> pd.DataFrame:
-    """How far each parameter must move to change r* by one candidate (docs/model.md §3).
-
-    For each parameter and direction, bisection finds the smallest move (a factor for scale
-    parameters, dB for the transmit power) at which the enumerated r* changes; ``nan`` when
-    r* does not change within 1000x (or 60 dB) or before the move leaves the allowed range.
-    ``tol`` is the bisection precision on the log factor (or in dB).
-    The latency budgets are frozen at their realised values (a budget is the user's requirement,
-    not a function of the parameter being moved).
-    """
-    # Freeze the realised budgets: with the automatic rule the budget would scale with the rate
-    # and hide every wireless sensitivity.
-    spec = spec.replace(**{"control.latency_budget_s": realize(spec).budget_s.tolist()})
-    base = optimal_rank(spec)
-    r0 = base.solution.get("rank") if base.ok else None
-    rows = []
-    for key, how in SENSITIVITY_KEYS:
-        limit = max_shift_db if how == "shift" else max_log_factor
-        for direction in (+1.0, -1.0):
-            def changed(amount, key=key, how=how, direction=direction):
-                try:
-                    moved, new = _moved(spec, key, how, direction * amount)
-                except ValueError:
-                    return None, None
-                res = optimal_rank(moved)
-                return (res.solution.get("rank") if res.ok else "infeasible"), new
-
-            # scan outwards on a geometric grid until r* changes or the move leaves the valid range
-            lo, hi = 0.0, None
-            for amount in limit * np.geomspace(1e-3, 1.0, 40):
-                r_new, _ = changed(amount)
-                if r_new is None:
-                    break
-                if r_new != r0:
-                    hi = amount
-                    break
-                lo = amount
-            if hi is None:
-                rows.append((key, "up" if direction > 0 else "down", np.nan, np.nan, r0, None))
-                continue
-            while hi - lo > tol:
-                mid = 0.5 * (lo + hi)
-                r_mid, _ = changed(mid)
-                if r_mid is not None and r_mid != r0:
-                    hi = mid
-                else:
-                    lo = mid
-            r_new, new_value = changed(hi)
-            move = hi * direction if how == "shift" else math.exp(direction * hi)
-            if isinstance(new_value, list):
-                new_value = float(np.mean(new_value))
-            rows.append((key, "up" if direction > 0 else "down", move, new_value, r0, r_new))
-    return pd.DataFrame(rows, columns=["parameter", "direction", "move", "new_value", "rank",
-                                       "new_rank"])
+        return getattr(sensitivity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from tsfa.config.spec import SystemSpec
 from tsfa.maths import wireless as wl
+from tsfa.maths.outage import deferral_stats
 from tsfa.maths.payload import PayloadModel
 from tsfa.maths.rng import streams
 from tsfa.maths.units import dbm_to_w
@@ -55,20 +56,42 @@ def equal_share_ergodic_rate_bps(spec: SystemSpec, mean_gamma_hz: np.ndarray) ->
 
 
 def automatic_budget_s(spec: SystemSpec, compute_s, mean_gamma_hz) -> np.ndarray:
-    """Default budget Tbar_k = T^cmp_k + f * S(rho=1, r_ref) / R_bar_k (docs/model.md §7, [DESIGN]).
+    """Relative budget rule, used only when ``control.latency_budget_s`` is empty [DESIGN]:
+    ``Tbar_k = T^cmp_k + f U_k`` with ``f = control.budget_uplink_fraction`` and ``U_k`` client
+    k's expected upload time of a SOFT upload at rho = 1 and rank ``budget_reference_rank`` on the
+    equal share (docs/model.md §1 "Deep fades").
 
-    "Mean uplink latency" is taken as the payload over the ergodic rate: under Rayleigh fading
-    E[S / R] itself is infinite (E[1/|g|^2] diverges), so the ergodic-rate latency is the
-    finite reference. f = ``control.budget_uplink_fraction``, r_ref = ``budget_reference_rank``.
+    Under Rayleigh fading the plain mean ``E[S / R]`` is infinite (``E[1/|g|^2]`` diverges), so
+    with ``control.deadline = 'defer'`` ``U_k`` is the finite mean of the policy "upload unless it
+    would take longer than ``deadline_factor`` times the ergodic-rate time ``S / R_bar_k``, else
+    defer" (:func:`tsfa.maths.outage.deferral_stats`), which that policy attains; with
+    ``'none'`` it is the ergodic-rate time ``S / R_bar_k`` itself (the old rule: finite, but no
+    policy without deferral attains it).
     """
     c = spec.control
     bits = full_payload_bits(spec, c.budget_reference_rank)
-    return np.asarray(compute_s) + c.budget_uplink_fraction * bits / equal_share_ergodic_rate_bps(
-        spec, mean_gamma_hz)
+    rbar = equal_share_ergodic_rate_bps(spec, mean_gamma_hz)
+    uplink = bits / rbar
+    if c.deadline == "defer":
+        w = spec.wireless.bandwidth_total_hz / spec.clients.num_clients
+        _, uplink = deferral_stats(bits, w, mean_gamma_hz, c.deadline_factor * uplink)
+    return np.asarray(compute_s) + c.budget_uplink_fraction * uplink
 
 
-def realize(spec: SystemSpec) -> SystemInstance:
-    """Draw the client geometry and devices (seeded by ``clients.seed``) and derive the rest."""
+def round_deadlines_s(spec: SystemSpec, inst: SystemInstance) -> np.ndarray | None:
+    """Per-round deadlines ``D_k = T^cmp_k + deadline_factor (Tbar_k - T^cmp_k)`` [s], (K,);
+    ``None`` when ``control.deadline = 'none'`` (docs/model.md §4 "Deep fades")."""
+    c = spec.control
+    if c.deadline == "none":
+        return None
+    return inst.compute_s + c.deadline_factor * (inst.budget_s - inst.compute_s)
+
+
+def realize(spec: SystemSpec, budget_s=None) -> SystemInstance:
+    """Draw the client geometry and devices (seeded by ``clients.seed``) and derive the rest.
+
+    ``budget_s`` (K,) overrides the spec's budgets (the sensitivity analysis holds realised
+    budgets fixed without writing them into the spec)."""
     cl, wi = spec.clients, spec.wireless
     rng = streams(cl.seed)
     k = cl.num_clients
@@ -80,7 +103,9 @@ def realize(spec: SystemSpec) -> SystemInstance:
     compute = wl.compute_latency_s(tr.local_steps, tr.batch_size, spec.compute.flops_per_sample,
                                    flops)
     given = spec.control.latency_budget_s
-    if len(given) == 0:
+    if budget_s is not None:
+        budget = np.broadcast_to(np.asarray(budget_s, dtype=float), (k,)).copy()
+    elif len(given) == 0:
         budget = automatic_budget_s(spec, compute, gamma)
     else:
         budget = np.broadcast_to(np.asarray(given, dtype=float), (k,)).copy()

@@ -17,6 +17,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special
 
+from tsfa.maths.rng import substream
+
 LN2 = math.log(2.0)
 
 
@@ -51,6 +53,20 @@ def draw_rayleigh_power(rng: np.random.Generator, shape) -> np.ndarray:
     re = rng.normal(0.0, math.sqrt(0.5), size=shape)
     im = rng.normal(0.0, math.sqrt(0.5), size=shape)
     return re * re + im * im
+
+
+def fading_gains(seed: int, round_index: int, n_clients: int) -> np.ndarray:
+    """Rayleigh fading powers ``|g_k^t|^2`` (K,) of round ``t`` for clients ``0..K-1`` [-].
+
+    The one channel draw of tsfa: the simulator (``tsfa control``) and the federated trainer call
+    it with the same ``(seed, t, K)`` and so see the same channels. Stateless: drawn from the
+    substream ``("fading", t)`` of ``seed`` (:func:`tsfa.maths.rng.substream`), the real and
+    imaginary parts of client k being its own two normal draws, so client k's value in round t
+    depends on ``(seed, t, k)`` only: a 50-round run is a prefix of a 2,000-round run, and
+    adding clients never changes the channels of the first ones.
+    """
+    z = substream(seed, "fading", round_index).standard_normal((int(n_clients), 2))
+    return 0.5 * np.einsum("ij,ij->i", z, z)
 
 
 def snr_bandwidth_hz(tx_power_w: ArrayLike, channel_gain: ArrayLike, noise_psd_w_per_hz: float):

@@ -52,6 +52,7 @@ from tsfa.optim.problem import P2Problem
 from tsfa.optim.result import INFEASIBLE, OPTIMAL, SOLVER_ERROR, SolveResult
 
 HEAD_SPLIT = 1.0
+MAX_CLIENTS = 500  # K above which the CVXPY reference refuses to build (memory; see __init__)
 _LOG_FLOOR = math.log(1e-30)
 # CLARABEL settings tried in turn until one returns "optimal" (same solver, same tolerances
 # 1e-8; only the static regularisation of the KKT system differs).
@@ -77,14 +78,19 @@ class CvxpyP2:
         solver: a conic solver with exponential cones (``"CLARABEL"`` default, or ``"SCS"``).
     """
 
-    def __init__(self, n_clients: int, phi: str = "inv", solver: str = "CLARABEL"):
+    def __init__(self, n_clients: int, phi: str = "inv", solver: str = "CLARABEL",
+                 deadline: bool = False):
         if phi not in ("inv", "inv_sq"):
             raise ValueError(f"phi={phi!r}: not DCP in the (log rho, w) form; only 'inv' and "
                              "'inv_sq' have a CVXPY reference, use the analytic solver")
         if n_clients < 1:
             raise ValueError(f"n_clients: must be >= 1, got {n_clients}")
+        if n_clients > MAX_CLIENTS:
+            raise ValueError(f"n_clients = {n_clients}: the CVXPY reference is limited to K <= "
+                             f"{MAX_CLIENTS} clients (its canonicalisation needs gigabytes beyond; "
+                             "3.45 GB were measured at K = 1,000); use the joint solver")
         k = n_clients
-        self.n_clients, self.phi, self.solver = k, phi, solver
+        self.n_clients, self.phi, self.solver, self.deadline = k, phi, solver, deadline
         self.pv = cp.Parameter(k, nonneg=True, name="pv")
         self.log_qa = cp.Parameter(k, name="log_qa")
         self.log_qh = cp.Parameter(k, name="log_qh")
@@ -104,6 +110,11 @@ class CvxpyP2:
         lat = cp.sum(cp.exp(self.x - log_tau + self.log_qa)) + cp.sum(
             cp.exp(self.log_qh - log_tau))
         cons = [self.x >= self.x_min, self.x <= 0, self.y >= self.y_min, self.y <= self.y_max]
+        if deadline:  # (a_s rho + h_s) ln2 / (sigma tau) <= D - c, divided by its right side
+            self.log_adl = cp.Parameter(k, name="log_a_deadline")
+            self.log_hdl = cp.Parameter(k, name="log_h_deadline")
+            cons.append(cp.exp(self.x - log_tau + self.log_adl)
+                        + cp.exp(self.log_hdl - log_tau) <= 1)
         self.budget = cp.sum(self.s) <= 1
         cons.append(self.budget)
         if phi == "inv":
@@ -116,15 +127,21 @@ class CvxpyP2:
         if not self.problem.is_dcp(dpp=True):  # pragma: no cover - a construction error
             raise RuntimeError("P2 CVXPY model is not DPP")
 
-    def solve(self, p: P2Problem, **solver_opts) -> SolveResult:
+    def solve(self, p: P2Problem, share_min=None, **solver_opts) -> SolveResult:
         """Set the parameters from ``p`` and solve. Status and multipliers as in SolveResult.
 
         With CLARABEL and no ``solver_opts`` the attempts of ``_ATTEMPTS`` (bandwidth unit,
         CLARABEL settings) are tried in turn until one reports "optimal"; if none does, the
         returned solution is the attempt's with the lowest P2 objective among those that returned
         one, with that attempt's status. Explicit ``solver_opts`` give a single solve in the
-        default unit with exactly those options.
+        default unit with exactly those options. ``share_min`` (K,) raises the bandwidth floor
+        per client (in shares of W_tot; the deadline path passes each sender's floor).
+        A model built with ``deadline=True`` adds the constraints ``T_k <= D_k`` of
+        ``p.deadline_s`` and treats ``Q_k = 0`` like any other queue (a deadline can cap rho).
         """
+        if self.deadline != p.defers:
+            raise ValueError(f"problem: the model was built with deadline={self.deadline}; the "
+                             f"problem has deadline_s {'set' if p.defers else 'None'}")
         t0 = time.perf_counter()
         name = f"cvxpy:{self.solver}"
         if p.n_clients != self.n_clients or p.phi != self.phi:
@@ -136,7 +153,7 @@ class CvxpyP2:
         attempts = _ATTEMPTS if default else [(_UNITS[0], dict(solver_opts))]
         best, failed, iters = None, None, 0
         for unit, opts in attempts:
-            res = self._solve_once(p, unit, opts)
+            res = self._solve_once(p, unit, opts, share_min)
             iters += res.iterations
             if res.status == OPTIMAL:
                 best = res
@@ -149,14 +166,18 @@ class CvxpyP2:
         return dataclasses.replace(out, iterations=iters, solve_time_s=time.perf_counter() - t0,
                                    solver=name)
 
-    def _solve_once(self, p: P2Problem, unit: tuple[float, float], opts: dict) -> SolveResult:
+    def _solve_once(self, p: P2Problem, unit: tuple[float, float], opts: dict,
+                    share_min=None) -> SolveResult:
         """One solve with bandwidth unit ``sigma_k = max(min(g_k, c / K), f s_min)``."""
         c_unit, f_unit = unit
         wt, k = p.total_bandwidth_hz, p.n_clients
         pv = p.weights * p.penalty_weights
         qa, qh = p.queues * p.slope_bits / wt, p.queues * p.head_bits / wt
         g, s_min = p.gamma_hz / wt, p.min_bandwidth_hz / wt
-        idle = p.queues <= 0  # known optimum rho = 1, w = w_min (no latency cost, phi decreasing)
+        # known optimum rho = 1, w = w_min (no latency cost, phi decreasing) unless a deadline
+        idle = (p.queues <= 0) & (not self.deadline)
+        s_floor = np.full(k, p.min_bandwidth_hz / wt) if share_min is None else np.maximum(
+            np.asarray(share_min, float), p.min_bandwidth_hz / wt)
         scale = max(float(np.max(pv)), float(np.max(qa)), float(np.max(qh)), 1e-300)
         # Idle clients are not pinned (a zero-width box has no interior): they get a latency
         # coefficient worth 1e-9 of the objective scale at w_min, so their optimum is rho = 1 and
@@ -178,7 +199,13 @@ class CvxpyP2:
         self.ea.value = y0 / (y0 + gn)
         self.eb.value = gn * y0 / (y0 + gn)
         self.sigma.value = sigma
-        self.y_min.value = s_min / sigma
+        self.y_min.value = s_floor / sigma
+        if self.deadline:
+            slack = p.deadline_s - p.compute_s
+            with np.errstate(divide="ignore"):
+                base = math.log(math.log(2.0)) - np.log(sigma) - np.log(slack)
+                self.log_adl.value = np.maximum(base + math.log(p.slope_bits / wt), _LOG_FLOOR)
+                self.log_hdl.value = np.maximum(base + np.log(p.head_bits / wt), _LOG_FLOOR)
         self.y_max.value = 1.0 / sigma
         self.x_min.value = np.full(k, math.log(p.rho_min))
         t0 = time.perf_counter()
@@ -196,10 +223,14 @@ class CvxpyP2:
             return SolveResult(status, math.nan, {}, {}, iters, time.perf_counter() - t0, "",
                                "no primal solution returned")
         rho = np.where(idle, 1.0, np.clip(np.exp(self.x.value), p.rho_min, 1.0))
-        s = np.where(idle, s_min, np.maximum(self.s.value, s_min))
+        s = np.where(idle, s_min, np.maximum(self.s.value, s_floor))
         s = s / max(1.0, s.sum())  # remove solver-tolerance excess of the budget
-        s = np.maximum(s, p.min_bandwidth_hz / wt)
+        s = np.maximum(s, s_floor)
         w = s * wt
+        if self.deadline:  # remove solver-tolerance excess of the deadlines: cap rho exactly
+            cap = ((p.deadline_s - p.compute_s) * rate_bps(w, p.gamma_hz) - p.head_bits) \
+                / p.slope_bits
+            rho = np.clip(np.minimum(rho, cap), p.rho_min, 1.0)
         lam = float(self.budget.dual_value) * scale / wt if self.budget.dual_value is not None \
             else math.nan
         return SolveResult(status, p.objective(rho, w), {"rho": rho, "bandwidth_hz": w},
@@ -211,3 +242,28 @@ class CvxpyP2:
 def solve_cvxpy(p: P2Problem, solver: str = "CLARABEL", **solver_opts) -> SolveResult:
     """One-shot convenience: build :class:`CvxpyP2` for ``p`` and solve (prefer re-using one)."""
     return CvxpyP2(p.n_clients, p.phi, solver).solve(p, **solver_opts)
+
+
+def restricted_solver(p: P2Problem, models: dict | None = None, solver: str = "CLARABEL"):
+    """``(mask, s_lo) -> (rho, w, lambda)``: P2 with deadlines restricted to the senders ``mask``
+    with share floors ``s_lo``, solved by CVXPY (the reference for
+    :func:`tsfa.optim.p2_deadline.solve_deadline`). ``models`` caches one built model per
+    number of senders. Full-length (K,) arrays, 0 for the others; ``nan`` if CVXPY fails."""
+    from tsfa.optim.p2_deadline import restrict
+
+    models = {} if models is None else models
+
+    def solve(mask, s_lo):
+        k, n = p.n_clients, int(np.count_nonzero(mask))
+        rho, w = np.zeros(k), np.zeros(k)
+        if not n:
+            return rho, w, 0.0
+        key = (n, p.phi, solver)
+        if key not in models:
+            models[key] = CvxpyP2(n, p.phi, solver, deadline=True)
+        res = models[key].solve(restrict(p, mask), share_min=np.asarray(s_lo)[mask])
+        if not res.ok:
+            return np.full(k, np.nan), np.full(k, np.nan), math.nan
+        rho[mask], w[mask] = res.rho, res.bandwidth_hz
+        return rho, w, float(res.multipliers.get("bandwidth_per_hz", 0.0))
+    return solve

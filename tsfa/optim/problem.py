@@ -11,6 +11,14 @@ already scaled by the caller, ``a`` the payload slope [bits per unit rho], ``h``
     rho:  p_k v_k phi'(rho_k) + Q_k a / R_k  = 0 unless rho_k sits at a bound (projected gradient)
     w:    Q_k S_k R'_k(w_k) / R_k(w_k)^2 = lambda - mu_k,   mu_k (w_k - w_min) = 0
     lambda (W_tot - sum_k w_k) = 0
+
+With a per-round deadline ``D_k`` (``deadline_s``, docs/model.md §4 "Deep fades") each client
+either sends, within its deadline, ``c_k + (a rho_k + h) / R(w_k) <= D_k``, or defers: it sends
+nothing (``rho_k = 0``, ``w_k = 0``: the update stays in its error-feedback memory), its round
+latency is its compute time ``c_k`` and its penalty is ``p_k v_k phi(rho_min / 2)`` (a deferred
+round counts as sending half of the smallest ratio: for ``phi = inv`` this is exactly the
+first-order cost of a missed round in the participation model ``phi(pi rho)``). A solution
+encodes deferral as ``w_k = 0``; :mod:`tsfa.optim.p2_deadline` chooses who defers.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ class P2Problem:
         min_bandwidth_hz: w_min > 0 [Hz].
         rho_min: 0 < rho_min <= 1 (1 / r).
         phi: one of ``tsfa.maths.bound.PHI_VARIANTS``.
+        deadline_s: ``None`` (no deadline, no deferral: the original P2) or the per-round
+            latency deadline D_k > 0 [s], (K,) or scalar; ``inf`` entries have none.
     Raises:
         ValueError naming the argument and its allowed range. ``K w_min > W_tot`` is *not* an
         error: solvers return status ``"infeasible"`` with that reason.
@@ -69,6 +79,7 @@ class P2Problem:
     min_bandwidth_hz: float
     rho_min: float
     phi: str = "inv"
+    deadline_s: np.ndarray | None = None
 
     def __post_init__(self):
         gamma = _vec("gamma_hz", self.gamma_hz, None)
@@ -103,6 +114,12 @@ class P2Problem:
             object.__setattr__(self, name, float(val))
         if self.phi not in PHI_VARIANTS:
             raise ValueError(f"phi: must be one of {PHI_VARIANTS}, got {self.phi!r}")
+        if self.deadline_s is not None:
+            dl = np.broadcast_to(np.asarray(self.deadline_s, float), (k,)).copy()
+            if np.any(np.isnan(dl)) or np.any(dl <= 0):
+                raise ValueError("deadline_s: must be > 0 (inf = no deadline) or None")
+            dl.setflags(write=False)
+            object.__setattr__(self, "deadline_s", dl)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -117,26 +134,58 @@ class P2Problem:
             return f"K * min_bandwidth_hz = {k} * {wmin:g} Hz exceeds total_bandwidth_hz {wtot:g} Hz"
         return ""
 
+    @property
+    def defers(self) -> bool:
+        """True when clients may defer (a deadline is set)."""
+        return self.deadline_s is not None
+
+    @property
+    def defer_phi(self) -> float:
+        """Penalty factor of a deferred round, ``phi(rho_min / 2)`` (module docstring)."""
+        return float(phi(0.5 * self.rho_min, self.phi))
+
+    def sent(self, bandwidth_hz) -> np.ndarray:
+        """(K,) bool: who sends (``w_k > 0``); every client when deferral is off."""
+        w = np.asarray(bandwidth_hz, float)
+        return w > 0 if self.defers else np.ones(w.shape, bool)
+
     def latency_s(self, rho, bandwidth_hz) -> np.ndarray:
-        """Per-client round latency ``T_k = c_k + (a rho_k + h) / R(w_k, gamma_k)`` [s], (K,)."""
+        """Per-client round latency ``T_k = c_k + (a rho_k + h) / R(w_k, gamma_k)`` [s], (K,);
+        ``c_k`` for a deferred client."""
         rate = rate_bps(bandwidth_hz, self.gamma_hz)
-        with np.errstate(divide="ignore"):
-            return self.compute_s + (self.slope_bits * np.asarray(rho) + self.head_bits) / rate
+        with np.errstate(divide="ignore", invalid="ignore"):
+            up = (self.slope_bits * np.asarray(rho) + self.head_bits) / rate
+        return self.compute_s + np.where(self.sent(bandwidth_hz), up, 0.0)
+
+    def penalty(self, rho, bandwidth_hz) -> np.ndarray:
+        """Per-client penalty ``p_k v_k phi(rho_k)`` (``phi(rho_min / 2)`` if deferred), (K,)."""
+        sent = self.sent(bandwidth_hz)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(sent, phi(np.where(sent, rho, 1.0), self.phi), self.defer_phi)
+        return self.weights * self.penalty_weights * f
 
     def objective(self, rho, bandwidth_hz) -> float:
         """P2 objective at ``(rho, w)``; the single numpy scorer used for every solver."""
-        pen = self.weights * self.penalty_weights * phi(rho, self.phi)
         lat = self.latency_s(rho, bandwidth_hz)
-        return float(np.sum(pen) + np.sum(np.where(self.queues > 0, self.queues * lat, 0.0)))
+        return float(np.sum(self.penalty(rho, bandwidth_hz))
+                     + np.sum(np.where(self.queues > 0, self.queues * lat, 0.0)))
 
     def max_violation(self, rho, bandwidth_hz) -> float:
-        """Largest relative constraint violation (0 when feasible): bandwidth sum and bounds."""
+        """Largest relative constraint violation (0 when feasible): bandwidth sum, bounds of the
+        clients that send, and their deadlines."""
         w, rho = np.asarray(bandwidth_hz, float), np.asarray(rho, float)
-        return float(max(
-            (w.sum() - self.total_bandwidth_hz) / self.total_bandwidth_hz,
-            np.max((self.min_bandwidth_hz - w) / self.min_bandwidth_hz),
-            np.max(self.rho_min - rho), np.max(rho - 1.0), 0.0,
-        ))
+        sent = self.sent(w)
+        if not sent.any():
+            return 0.0
+        worst = [(w.sum() - self.total_bandwidth_hz) / self.total_bandwidth_hz,
+                 np.max((self.min_bandwidth_hz - w[sent]) / self.min_bandwidth_hz),
+                 np.max(self.rho_min - rho[sent]), np.max(rho[sent] - 1.0), 0.0]
+        if self.defers:
+            lat, dl = self.latency_s(rho, w)[sent], self.deadline_s[sent]
+            fin = np.isfinite(dl)
+            if fin.any():
+                worst.append(np.max((lat[fin] - dl[fin]) / dl[fin]))
+        return float(max(worst))
 
 
 def kkt_residual(problem: P2Problem, rho, bandwidth_hz, lam_per_hz: float) -> dict[str, float]:

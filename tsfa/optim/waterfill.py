@@ -95,7 +95,8 @@ def rho_step(variant: str, pv, qa, rate, rho_min: float):
     return rho, np.where(interior, e_int, 0.0)
 
 
-def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_iter: int = 200):
+def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_iter: int = 200,
+              kinks=None):
     """Bandwidth shares solving ``m_k(s_k) = lambda`` or ``s_k = s_min``, ``sum_k s_k = 1``.
 
     Problem (convex, separable, one coupling constraint; docs/model.md §4 w-step):
@@ -104,13 +105,17 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
     Args:
         logm: ``u -> (log m(u), d log m / du)`` on all K clients, ``u = log(g / s)``.
         g: scaled gains gamma / W_tot, (K,). active: bool (K,) clients with ``Q > 0``.
+        s_min: smallest share, scalar or (K,).
         u0: warm start for ``u``, (K,).
+        kinks: ``u`` (K,) where ``m`` may jump down as the share grows (``nan``: none); a client
+            whose multiplier falls inside the jump is placed exactly there (the deadline
+            solver's ``rho = 1`` points), instead of being bisected to it.
     Returns:
         ``(s, lam, u, iterations)``; ``lam`` is the multiplier in objective units per share.
     """
     k = g.size
     log_g = np.log(g)
-    u_hi, u_lo = log_g - math.log(s_min), log_g.copy()
+    u_hi, u_lo = log_g - np.log(s_min), log_g.copy()
     if not np.any(active):
         s = np.full(k, 1.0 / k)
         return s, 0.0, log_g - np.log(s), 0
@@ -119,14 +124,27 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
     l_lo, l_hi = float(np.min(lm_lo[active])), float(np.max(lm_hi[active]))
     u = np.clip(u_lo + 0.5 * (u_hi - u_lo) if u0 is None else u0, u_lo, u_hi)
     state = {"u": u}
+    has_k = np.zeros(k, bool) if kinks is None else (np.isfinite(kinks) & (kinks > u_lo)
+                                                      & (kinks < u_hi))
+    if has_k.any():
+        uk = np.where(has_k, kinks, u_lo)
+        lm_k_hi, _ = logm(np.where(has_k, uk + 1e-9, u_lo))  # just below the kink's share
+        lm_k_lo, _ = logm(np.where(has_k, uk - 1e-9, u_lo))  # just above it
 
     def shares(ell):
         u = state["u"]
         at_min = ~active | (lm_hi <= ell)
-        at_one = active & (lm_lo >= ell)
+        at_one = active & (lm_lo > ell)
         free = ~(at_min | at_one)
         lo, hi = u_lo.copy(), u_hi.copy()
-        u = np.where(free, np.clip(u, lo, hi), np.where(at_min, u_hi, u_lo))
+        if has_k.any():  # pin the clients whose ell falls in their jump; bracket the others
+            kf = has_k & free
+            pin = kf & (lm_k_lo <= ell) & (ell <= lm_k_hi)
+            lo = np.where(kf & (ell > lm_k_hi), uk, lo)
+            hi = np.where(kf & (ell < lm_k_lo), uk, hi)
+            u = np.where(pin, uk, u)
+            free = free & ~pin
+        u = np.where(free, np.clip(u, lo, hi), np.where(at_min, u_hi, np.where(at_one, u_lo, u)))
         sl = np.ones(k)
         for _ in range(max_iter):
             val, sl = logm(u)
@@ -134,7 +152,7 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
             lo = np.where(f < 0, u, lo)
             hi = np.where(f > 0, u, hi)
             un = u - f / sl
-            bad = ~((un > lo) & (un < hi))
+            bad = ~((un >= lo) & (un <= hi))  # a step onto the bracket end is fine
             un = np.where(free & bad, 0.5 * (lo + hi), un)
             done = np.max(np.abs(un - u)) < 1e-14
             u = un
@@ -149,15 +167,16 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
     for it in range(1, max_iter + 1):  # noqa: B007
         s, free, sl = shares(ell)
         tot = s.sum()
-        if abs(tot - 1.0) <= tol:
-            break
+        if abs(tot - 1.0) <= tol or (tot < 1.0 and ell <= l_lo):
+            break  # (or: even at the lowest multiplier the demand leaves band unused)
         if tot > 1.0:
             l_lo = max(l_lo, ell)
         else:
             l_hi = min(l_hi, ell)
         dg = -np.sum(np.where(free, s / sl, 0.0)) / tot  # d log(sum s) / d ell
         nxt = ell - math.log(tot) / dg if dg < 0 else 0.5 * (l_lo + l_hi)
-        if not (l_lo < nxt < l_hi):
+        creeping = abs(math.log(tot)) > 1e-2 and abs(nxt - ell) < 0.05 * (l_hi - l_lo)
+        if creeping or not (l_lo < nxt < l_hi):  # short steps far from the budget: bisect
             nxt = 0.5 * (l_lo + l_hi)
         if l_hi - l_lo < 1e-15 * max(1.0, abs(ell)):
             break

@@ -10,27 +10,28 @@ import matplotlib
 matplotlib.use("Agg")  # headless by default; callers may switch before importing pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 COLUMN_WIDTH_IN = 3.4
 
 
-def control_traces(rounds: pd.DataFrame, budget_s: np.ndarray, title: str = ""):
-    """Running time-averaged latency over budget, and virtual queues, per client vs rounds.
+def control_traces(traces: list[dict], title: str = ""):
+    """Running time-averaged latency over budget, and virtual queues, vs rounds.
 
-    ``rounds``: one row per (round, client) with ``latency_s`` and ``queue_s`` (after update).
+    ``traces``: one dict per round (``tsfa.control.simulate.RunningSummary.traces``) with
+    ``round``, ``avg_latency_over_budget`` and ``queue_s`` of the traced clients (at most 20, so
+    the figure and its memory do not grow with K).
     """
-    lat = rounds.pivot(index="round", columns="client", values="latency_s")
-    q = rounds.pivot(index="round", columns="client", values="queue_s")
-    running = lat.expanding().mean() / np.asarray(budget_s)[None, :]
+    rounds = np.array([t["round"] for t in traces])
+    running = np.array([t["avg_latency_over_budget"] for t in traces])
+    q = np.array([t["queue_s"] for t in traces])
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH_IN, 4.2), sharex=True,
                                    constrained_layout=True)
-    ax1.plot(running.index, running.to_numpy(), lw=0.8, alpha=0.8)
+    ax1.plot(rounds, running, lw=0.8, alpha=0.8)
     ax1.axhline(1.0, color="k", ls="--", lw=0.8, label="budget")
     ax1.set_ylabel("avg latency / budget")
     ax1.legend(loc="upper right", fontsize=7)
-    ax2.plot(q.index, q.to_numpy(), lw=0.8, alpha=0.8)
-    ax2.set_ylabel("virtual queue $Q_k$ [s]")
+    ax2.plot(rounds, q, lw=0.8, alpha=0.8)
+    ax2.set_ylabel("virtual queue [s]")
     ax2.set_xlabel("round $t$")
     if title:
         ax1.set_title(title, fontsize=8)

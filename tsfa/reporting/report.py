@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from tsfa.config.spec import SystemSpec
-from tsfa.control.offline import affordable_rho, eps_of, optimal_rank, rank_sensitivity, relaxed_rank
+from tsfa.control.offline import affordable_rho, eps_of, optimal_rank, relaxed_rank
+from tsfa.control.sensitivity import rank_sensitivity
 from tsfa.maths import bound as bd
 from tsfa.maths.instance import realize
 
@@ -19,9 +20,7 @@ def bound_report(spec: SystemSpec, rank: int | None = None, rho: float | None = 
     if rank is None:
         res = optimal_rank(spec, inst)
         rank = res.solution["rank"] if res.ok else spec.control.budget_reference_rank
-    cap = min(spec.lora.d_in, spec.lora.d_out)
-    if not 1 <= rank <= cap:
-        raise ValueError(f"--rank = {rank}: must be between 1 and min(lora.d_in, lora.d_out) = {cap}")
+    check_rank(spec, rank)
     if rho is None:
         rho_k = affordable_rho(spec, inst, rank)
     else:
@@ -41,8 +40,17 @@ def bound_report(spec: SystemSpec, rank: int | None = None, rho: float | None = 
 
 
 
+RELAXATION_MAX_CLIENTS = 2_000  # the CVXPY relaxation has K exponential cones; skipped above
+
+
 def rank_report(spec: SystemSpec, sensitivity: bool = True) -> dict:
-    """Offline stage: enumeration table, r*, status, relaxation and r* sensitivities."""
+    """Offline stage: enumeration table, r*, status, warnings, relaxation and r* sensitivities.
+
+    The CVXPY relaxation is skipped above ``RELAXATION_MAX_CLIENTS`` clients (it is a
+    cross-check of the enumeration, which is exact), with a note in ``relaxed``.
+    """
+    from tsfa.control.feasibility import spec_warnings
+
     inst = realize(spec)
     res = optimal_rank(spec, inst)
     out = {
@@ -50,54 +58,86 @@ def rank_report(spec: SystemSpec, sensitivity: bool = True) -> dict:
         "rank": res.solution.get("rank"),
         "objective": res.objective,
         "message": res.message,
+        "warnings": spec_warnings(spec, inst, res.solution.get("rank")),
         "table": res.solution["table"],
         "solve_time_s": res.solve_time_s,
     }
     if res.ok and spec.control.phi == "inv":
-        rel = relaxed_rank(spec, inst)
-        out["relaxed"] = {"status": rel.status, "rank": rel.solution.get("rank"),
-                          "objective": rel.objective,
-                          "latency_multipliers": rel.multipliers.get("latency")}
+        if inst.num_clients > RELAXATION_MAX_CLIENTS:
+            out["relaxed"] = {"status": "skipped", "rank": None,
+                              "note": f"K = {inst.num_clients} > {RELAXATION_MAX_CLIENTS}: the "
+                                      "CVXPY relaxation is skipped (enumeration is exact)"}
+        else:
+            rel = relaxed_rank(spec, inst)
+            out["relaxed"] = {"status": rel.status, "rank": rel.solution.get("rank"),
+                              "objective": rel.objective,
+                              "latency_multipliers": rel.multipliers.get("latency")}
     if res.ok and sensitivity:
         out["sensitivity"] = rank_sensitivity(spec)
     return out
 
 
-def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver: str = "joint",
-                   rank: int | None = None, policy: str = "tsfa", rho: float = 1.0) -> dict:
-    """Simulate the online stage for ``rounds`` rounds of i.i.d. Rayleigh fading (docs/model.md §4).
-
-    The fading stream is seeded by ``clients.seed``; the rank defaults to the offline r*.
-    Returns the per-round table (inputs: gains and queues before the round; decisions: rho,
-    bandwidth, objective), the per-client summary, the average penalty and the policy used.
-    """
+def control_setup(spec: SystemSpec, V: float | None = None, solver: str = "joint",
+                  rank: int | None = None, policy: str = "tsfa", rho: float = 1.0,
+                  payload=None) -> dict:
+    """Everything a controller run needs before its first round: the realised system, the rank
+    (default r*), the policy, warnings and the record's header (:func:`tsfa.reporting.
+    control_record.p2_inputs`). ``status`` is the offline stage's when it is not "optimal".
+    Raises ValueError naming a bad argument (rank, solver, V, rho)."""
+    from tsfa.control.feasibility import spec_warnings
     from tsfa.control.from_spec import make_policy
-    from tsfa.control.lyapunov import simulate
-    from tsfa.maths.rng import substream
+    from tsfa.reporting.control_record import p2_inputs
 
     inst = realize(spec)
     if rank is None:
         res = optimal_rank(spec, inst)
         if not res.ok:
-            return {"status": res.status, "message": res.message}
+            return {"status": res.status, "message": res.message,
+                    "warnings": spec_warnings(spec, inst)}
         rank = res.solution["rank"]
-    pol = make_policy(spec, inst, rank, policy, solver, rho, V)
-    sim = simulate(pol, inst.mean_gamma_hz, rounds, substream(spec.clients.seed, "fading"))
-    return {"status": "optimal", "message": "", "rank": int(rank), "V": pol.V, "solver": solver,
-            "policy": policy, "budget_s": inst.budget_s, "rounds": sim.rounds,
-            "summary": sim.summary, "average_penalty": sim.average_penalty}
+    check_rank(spec, rank)
+    pol = make_policy(spec, inst, rank, policy, solver, rho, V, payload)
+    return {"status": "optimal", "message": "", "rank": int(rank), "policy": pol, "inst": inst,
+            "warnings": spec_warnings(spec, inst, rank),
+            "inputs": p2_inputs(spec, inst, pol, rank, solver, policy)}
 
 
-def rounds_as_records(rounds) -> list[dict]:
-    """Per-round JSON records: inputs (gamma_hz, queue_before_s) and decisions, per client list."""
-    out = []
-    for t, g in rounds.groupby("round", sort=True):
-        rec = {"round": int(t)}
-        for col in ("gamma_hz", "queue_before_s", "rho", "bandwidth_hz", "latency_s", "queue_s"):
-            if col in g:
-                rec[col] = g[col].to_numpy()
-        for col in ("objective", "status"):
-            if col in g:
-                rec[col] = g[col].iloc[0]
-        out.append(rec)
-    return out
+def check_rank(spec: SystemSpec, rank, option: str = "--rank") -> int:
+    """``rank`` as an int in [1, min(d_in, d_out)], else ValueError naming ``option``."""
+    cap = min(spec.lora.d_in, spec.lora.d_out)
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or not 1 <= rank <= cap:
+        raise ValueError(f"{option} = {rank}: must be an integer between 1 and min(lora.d_in, "
+                         f"lora.d_out) = {cap}")
+    return int(rank)
+
+
+def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver: str = "joint",
+                   rank: int | None = None, policy: str = "tsfa", rho: float = 1.0,
+                   sinks=(), keep_rounds: bool | None = None, setup: dict | None = None) -> dict:
+    """Simulate the online stage for ``rounds`` rounds of block Rayleigh fading (docs/model.md §4).
+
+    Fading: :func:`tsfa.maths.wireless.fading_gains` with ``clients.seed`` (the trainer's draw).
+    Each round goes to every callable of ``sinks`` as it is made (the streaming writers of
+    :mod:`tsfa.reporting.control_record`); the per-client summary is kept in O(K) memory. The
+    per-round table ``rounds`` is returned only with ``keep_rounds`` (default: when K x rounds is
+    at most 1e6). Returns the setup's status, rank, V, solver, policy, budgets, warnings and P2
+    inputs, plus summary, average_penalty, traces and late_rounds (rounds in which a sender
+    ended after its deadline: 0 by construction).
+    """
+    from tsfa.control.simulate import RoundsTable, RunningSummary, run_rounds
+
+    setup = control_setup(spec, V, solver, rank, policy, rho) if setup is None else setup
+    if setup["status"] != "optimal":
+        return setup
+    pol, inst = setup["policy"], setup["inst"]
+    keep = (pol.n_clients * rounds <= 1_000_000) if keep_rounds is None else keep_rounds
+    acc = RunningSummary(pol)
+    sinks = [acc.add, *sinks] + ([table := RoundsTable(pol.n_clients)] if keep else [])
+    for rec in run_rounds(pol, inst.mean_gamma_hz, rounds, spec.clients.seed):
+        for sink in sinks:
+            sink(rec)
+    out = {k: v for k, v in setup.items() if k not in ("policy", "inst")}
+    return out | {"V": pol.V, "solver": solver, "policy": policy, "budget_s": inst.budget_s,
+                  "summary": acc.summary(), "average_penalty": acc.average_penalty,
+                  "traces": acc.traces, "late_rounds": acc.late,
+                  **({"rounds": table.frame()} if keep else {})}

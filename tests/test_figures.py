@@ -54,6 +54,29 @@ def test_fig1_bound_is_u_shaped_with_minimum_at_r_star(figdir):
                                                     ["sweep"]["ranks"])
 
 
+def test_training_figures_carry_every_seed(figdir):
+    seeds = analysis_config("base", "tiny")["seeds"]["seeds"]
+    assert len(seeds) >= 2  # the band / error-bar code path runs in the test suite
+    for name in ("fig2_covariance", "fig3_methods", "fig8_zeta"):
+        assert sorted(csv(figdir, name)["seed"].unique()) == sorted(seeds), name
+    for name in ("fig1_rank", "fig4_fixed_rho", "fig6_budget"):
+        d = csv(figdir, name).dropna(subset=["final_accuracy"])
+        assert (d["seeds"] == len(seeds)).all(), name
+        assert (d["final_accuracy_se"] >= 0).all(), name
+        per_seed = d[[f"acc_seed{s}" for s in seeds]].mean(axis=1)
+        assert np.allclose(per_seed, d["final_accuracy"]), name
+
+
+def test_fig1_marks_measured_best_rank(figdir):
+    t = csv(figdir, "fig1_rank").dropna(subset=["final_accuracy"])
+    assert (t["measured_best"] == t.loc[t["final_accuracy"].idxmax(), "rank"]).all()
+
+
+def test_fig6_reports_budget_overshoot(figdir):
+    d = csv(figdir, "fig6_budget")
+    assert np.all(np.isfinite(d["budget_overshoot"])) and np.all(d["budget_overshoot"] > -1)
+
+
 def test_fig2_covariance_norms_are_finite_and_nonnegative(figdir):
     d = csv(figdir, "fig2_covariance")
     assert np.all(np.isfinite(d["cov_fro"])) and np.all(d["cov_fro"] >= 0)

@@ -19,8 +19,8 @@ def figures_cmd(
     quick: Annotated[bool, typer.Option(
         "--quick", help="Small runs (5 clients, 24 rounds).")] = False,
     size: Annotated[str | None, typer.Option(
-        help="Run size: tiny (test suite), quick or full (default: full, or quick with "
-        "--quick).")] = None,
+        help="Run size: tiny (test suite), quick, full or paper (a GPU) (default: full, or "
+        "quick with --quick).")] = None,
     only: Annotated[list[str] | None, typer.Option(
         help="Only this figure (repeatable), e.g. fig5_control_v.")] = None,
     store: Annotated[Path | None, typer.Option(
@@ -36,8 +36,8 @@ def figures_cmd(
     from tsfa.reporting.progress import progress_bar
 
     size = size or ("quick" if quick else "full")
-    if size not in ("tiny", "quick", "full"):
-        fail(f"--size = {size!r}: must be one of tiny, quick, full")
+    if size not in ("tiny", "quick", "full", "paper"):
+        fail(f"--size = {size!r}: must be one of tiny, quick, full, paper")
     bad = [n for n in only or [] if n not in FIGURES]
     if bad:
         fail(f"--only = {bad[0]!r}: must be one of {', '.join(FIGURES)}")

@@ -27,7 +27,7 @@ from tsfa.control.offline import optimal_rank, rank_table
 from tsfa.maths.instance import realize
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-SIZES = ("tiny", "quick", "full")
+SIZES = ("tiny", "quick", "full", "paper")  # paper: a GPU run, unchanged (docs/figures.md)
 
 
 # --------------------------------------------------------------------------- configs

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsfa.experiments.runs import BaseRun, analysis_config, base_run
+from tsfa.experiments.runs import SIZES, BaseRun, analysis_config, base_run
 
 NOTE = "tsfa reconstruction (embedded task), not the paper's results"
 RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
@@ -51,6 +51,12 @@ class Context:
     @property
     def conf(self) -> dict:
         return analysis_config(self.name, self.size)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds of every training figure at this size (``base.toml [seeds]``)."""
+        return [int(x) for x in analysis_config("base", self.size).get("seeds", {}).get(
+            "seeds", [0])]
 
     @property
     def base(self) -> BaseRun:
@@ -122,7 +128,7 @@ def script_main(name: str, argv=None) -> None:
 
     p = argparse.ArgumentParser(description=f"{name}: {FIGURES[name]} ({NOTE}).")
     p.add_argument("--out", default="figures", help="output directory (runs cached in OUT/runs)")
-    p.add_argument("--size", default="quick", choices=("tiny", "quick", "full"))
+    p.add_argument("--size", default="quick", choices=SIZES)
     p.add_argument("--store", default=None, help="run cache directory (default OUT/runs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
     a = p.parse_args(argv)

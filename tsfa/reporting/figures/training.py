@@ -30,40 +30,87 @@ def _run(ctx, **changes):
     return cached_train(ctx.base.cfg.replace(**changes), ctx.store, ctx.log, **ctx.options)
 
 
-def _title(ax, text):
-    ax.set_title(f"{text}\n{NOTE}", fontsize=6)
+def _runs(ctx, **changes) -> list:
+    """The run of ``changes`` at every seed of the size (``base.toml [seeds]``)."""
+    return [_run(ctx, **changes, **{"experiment.seed": int(s)}) for s in ctx.seeds]
+
+
+def _final(ctx, **changes) -> dict:
+    """Final accuracy over the seeds: mean, standard error (nan for one seed), number of seeds,
+    and the per-seed values (``acc_seed<i>``)."""
+    acc = np.array([final_accuracy(r.rounds) for r in _runs(ctx, **changes)])
+    se = float(acc.std(ddof=1) / math.sqrt(len(acc))) if len(acc) > 1 else math.nan
+    return {"final_accuracy": float(acc.mean()), "final_accuracy_se": se, "seeds": len(acc),
+            **{f"acc_seed{s}": float(a) for s, a in zip(ctx.seeds, acc, strict=True)}}
+
+
+def _seed_curves(ctx, columns, **changes) -> pd.DataFrame:
+    """Per-round ``columns`` of the run at every seed (a ``seed`` column added)."""
+    return pd.concat([r.rounds.assign(seed=int(s))[["seed", "round", *columns]]
+                      for s, r in zip(ctx.seeds, _runs(ctx, **changes), strict=True)],
+                     ignore_index=True)
+
+
+def _band(ax, g: pd.DataFrame, column: str, **style):
+    """Mean over seeds vs round with a band of +- one standard error (min-max for 2 seeds)."""
+    st = g.groupby("round")[column]
+    m, n = st.mean(), st.count()
+    se = (st.std(ddof=1) / np.sqrt(n)).fillna(0.0)
+    line = ax.plot(m.index, m.values, lw=1, **style)[0]
+    ax.fill_between(m.index, m - se, m + se, color=line.get_color(), alpha=0.25, lw=0)
+    return line
+
+
+def caption(ctx) -> str:
+    """What every training figure states: size, K, tau, T, test samples and seeds."""
+    c = ctx.base.cfg
+    s = c.system
+    seeds = ",".join(str(x) for x in ctx.seeds)
+    return (f"size {ctx.size}: K={s.clients.num_clients}, $\\tau$={s.training.local_steps}, "
+            f"T={s.training.rounds}, {c.experiment.num_test} test; seeds {seeds} "
+            "(mean $\\pm$ s.e.)")
+
+
+def _title(ax, text, ctx=None):
+    extra = f"\n{caption(ctx)}" if ctx is not None else ""
+    ax.set_title(f"{text}\n{NOTE}{extra}", fontsize=5.5)
 
 
 def _final_accuracy_plot(df: pd.DataFrame, group: str, x: str, styles: dict, xlabel: str,
-                         title: str, log2_x: bool = False):
+                         title: str, log2_x: bool = False, ctx=None, ax=None):
     """Final accuracy vs ``x``, one line per value of ``group`` (``styles[value]``: fmt, label
-    and optionally color)."""
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)
+    and optionally color), error bars from ``final_accuracy_se`` when present."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.8), constrained_layout=True)
     for key, g in df.groupby(group, sort=False):
         st = dict(styles[key])
-        ax.plot(g[x], g["final_accuracy"], st.pop("fmt"), lw=1, ms=3, **st)
+        yerr = g["final_accuracy_se"].fillna(0.0) if "final_accuracy_se" in g else None
+        ax.errorbar(g[x], g["final_accuracy"], yerr=yerr, fmt=st.pop("fmt"), lw=1, ms=3,
+                    capsize=2, **st)
     if log2_x:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test accuracy (last {LAST} rounds)")
     ax.legend(fontsize=6)
-    _title(ax, title)
-    return fig
+    _title(ax, title, ctx)
+    return fig if fig is not None else ax.figure
 
 
 def fig1_rank(ctx):
     """J(r) with its terms (resolved system of the base run) and final accuracy vs r."""
     base = ctx.base
     table = base.table.copy()
-    acc = {}
-    for r in ctx.conf["sweep"]["ranks"]:
-        acc[int(r)] = final_accuracy(_run(ctx, **{"experiment.rank": int(r)}).rounds)
-    table["final_accuracy"] = table["rank"].map(acc)
+    acc = pd.DataFrame([{"rank": int(r), **_final(ctx, **{"experiment.rank": int(r)})}
+                        for r in ctx.conf["sweep"]["ranks"]])
+    table = table.merge(acc, on="rank", how="left")
     table["r_star"] = base.rank
+    best = int(acc.loc[acc["final_accuracy"].idxmax(), "rank"])
+    table["measured_best"] = best
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH_IN, 4.0), sharex=True,
                                    constrained_layout=True)
     for col, style, label in (("J", "k-o", "J(r)"), ("rank_term", "C0--", "rank  $c_5\\epsilon(r)$"),
-                              ("cov_term", "C1--", "cov  $c_3 r\\eta^2\\tau^2G^4$"),
+                              ("cov_term", "C1--", "covariance term (bound.cov_form)"),
                               ("sparse_term", "C2--", "sparse  $\\Gamma\\phi(\\bar\\rho)$")):
         y = table[col].where(table[col] > 0)  # zero terms (eps = 0, rho = 1) off the log axis
         ax1.plot(table["rank"], y, style, lw=1, ms=3, label=label)
@@ -71,10 +118,13 @@ def fig1_rank(ctx):
     ax1.set_yscale("log")
     ax1.set_ylabel("bound term (dimensionless)")
     ax1.legend(fontsize=6)
-    _title(ax1, f"Offline objective, r* = {base.rank} (default constants)")
+    _title(ax1, f"Offline objective, r* = {base.rank} (default constants)", ctx)
     t = table.dropna(subset=["final_accuracy"])
-    ax2.plot(t["rank"], t["final_accuracy"], "C0-o", lw=1, ms=3, label="SOFT + TSFA")
-    ax2.axvline(base.rank, color="grey", lw=0.8, ls=":", label="r*")
+    ax2.errorbar(t["rank"], t["final_accuracy"], yerr=t["final_accuracy_se"].fillna(0.0),
+                 fmt="C0-o", lw=1, ms=3, capsize=2, label="SOFT + TSFA (mean $\\pm$ s.e.)")
+    ax2.axvline(base.rank, color="C3", lw=1, ls="--", label=f"predicted r* = {base.rank}")
+    ax2.plot([best], [float(t.loc[t["rank"] == best, "final_accuracy"].iloc[0])], "k*", ms=8,
+             label=f"measured best = {best}")
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("LoRA rank $r$")
     ax2.set_ylabel(f"test accuracy (last {LAST} rounds)")
@@ -93,24 +143,22 @@ def fig2_covariance(ctx):
     rows = []
     for key, (_, values) in panels.items():
         for v in values:
-            run = _run(ctx, **{"experiment.method": "ilora", key: v})
-            rows.append(pd.DataFrame({"parameter": key, "value": float(v),
-                                      "round": run.rounds["round"],
-                                      "cov_fro": run.rounds["cov_fro"]}))
+            rows.append(_seed_curves(ctx, ["cov_fro"], **{"experiment.method": "ilora", key: v})
+                        .assign(parameter=key, value=float(v)))
     df = pd.concat(rows, ignore_index=True)
     fig, axes = plt.subplots(3, 1, figsize=(COLUMN_WIDTH_IN, 5.2), sharex=True,
                              constrained_layout=True)
     for ax, (key, (sym, values)) in zip(axes, panels.items(), strict=True):
         for i, v in enumerate(values):
             g = df[(df["parameter"] == key) & (df["value"] == float(v))]
-            ax.plot(g["round"], g["cov_fro"], color=plt.get_cmap("plasma")(i / max(1, len(values))),
-                    lw=1, label=f"{sym} = {v:g}" if not math.isinf(v) else f"{sym} = IID")
+            _band(ax, g, "cov_fro", color=plt.get_cmap("plasma")(i / max(1, len(values))),
+                  label=f"{sym} = {v:g}" if not math.isinf(v) else f"{sym} = IID")
         ax.set_ylabel("$\\|\\mathrm{Cov}^t\\|_F$")
         ax.legend(fontsize=6, ncol=3)
     axes[-1].set_xlabel("round $t$")
     cfg = base.cfg.system
     _title(axes[0], f"ILoRA uploads; base $\\tau$={cfg.training.local_steps}, "
-           f"$\\alpha$={cfg.clients.dirichlet_alpha:g}, r={base.rank}")
+           f"$\\alpha$={cfg.clients.dirichlet_alpha:g}, r={base.rank}", ctx)
     return df, fig
 
 
@@ -118,18 +166,18 @@ def fig3_methods(ctx):
     """Test accuracy vs rounds for every method at r*, TSFA controller, the same budget."""
     rows = []
     for m in ctx.conf["sweep"]["methods"]:
-        r = _run(ctx, **{"experiment.method": m}).rounds
-        rows.append(r.assign(method=m)[["method", "round", "accuracy", "mean_rho", "total_bits",
-                                        "mean_latency_s", "max_latency_s", "mean_queue_s"]])
+        rows.append(_seed_curves(ctx, ["accuracy", "mean_rho", "total_bits", "mean_latency_s",
+                                       "max_latency_s", "mean_queue_s"],
+                                 **{"experiment.method": m}).assign(method=m))
     df = pd.concat(rows, ignore_index=True)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)
     for m, g in df.groupby("method", sort=False):
-        ax.plot(g["round"], g["accuracy"], color=COLORS[m], lw=1, label=LABELS[m])
+        _band(ax, g, "accuracy", color=COLORS[m], label=LABELS[m])
     ax.set_xlabel("round $t$")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=6, ncol=3)
     _title(ax, f"All methods, r = {ctx.base.rank}, same budget "
-           f"(mean $\\bar T$ = {np.mean(ctx.base.budget_s):.2f} s)")
+           f"(mean $\\bar T$ = {np.mean(ctx.base.budget_s):.2f} s)", ctx)
     return df, fig
 
 
@@ -139,16 +187,17 @@ def fig4_fixed_rho(ctx):
     rows = []
     for m in sw["methods"]:
         for rho in sw["rho"]:
-            r = _run(ctx, **{"experiment.method": m, "experiment.controller": "fixed",
-                             "experiment.rho": float(rho)}).rounds
+            ch = {"experiment.method": m, "experiment.controller": "fixed",
+                  "experiment.rho": float(rho)}
+            r = _run(ctx, **ch, **{"experiment.seed": int(ctx.seeds[0])}).rounds
             n = max(1, math.ceil(float(rho) * ctx.base.rank - 1e-9))
             rows.append({"method": m, "rho": float(rho), "components_sent": n,
-                         "final_accuracy": final_accuracy(r),
-                         "mean_bits": float(r["total_bits"].mean())})
+                         **_final(ctx, **ch), "mean_bits": float(r["total_bits"].mean())})
     df = pd.DataFrame(rows)
     styles = {m: {"fmt": "-o", "color": COLORS[m], "label": LABELS[m]} for m in df["method"]}
     fig = _final_accuracy_plot(df, "method", "rho", styles, "fixed sparsification ratio $\\rho$",
-                               f"Fixed $\\rho$, equal bandwidth, r = {ctx.base.rank}", log2_x=True)
+                               f"Fixed $\\rho$, equal bandwidth, r = {ctx.base.rank}", log2_x=True,
+                               ctx=ctx)
     return df, fig
 
 
@@ -174,17 +223,31 @@ def fig6_budget(ctx):
             f"online only (r = {r_alt})": {"experiment.rank": r_alt},
         }
         for label, ch in variants.items():
-            r = _run(ctx, **ch, **{"control.latency_budget_s": budget}).rounds
+            ch = {**ch, "control.latency_budget_s": budget}
+            # overshoot: time-averaged latency over the budget, worst client, mean over seeds
+            over = [float((r.clients.groupby("client")["latency_s"].mean().to_numpy()
+                           / np.asarray(budget)).max() - 1.0) for r in _runs(ctx, **ch)]
+            lat = [float(r.rounds["mean_latency_s"].mean()) for r in _runs(ctx, **ch)]
             rows.append({"variant": label, "slack_factor": float(f),
                          "mean_budget_s": float(np.mean(budget)), "rho_bar": rho_bar,
-                         "final_accuracy": final_accuracy(r),
-                         "mean_latency_s": float(r["mean_latency_s"].mean())})
+                         **_final(ctx, **ch), "mean_latency_s": float(np.mean(lat)),
+                         "budget_overshoot": float(np.mean(over)),
+                         "budget_overshoot_se": float(np.std(over, ddof=1) / math.sqrt(len(over)))
+                         if len(over) > 1 else math.nan})
     df = pd.DataFrame(rows)
     styles = {v: {"fmt": f, "label": v} for v, f in zip(df["variant"].unique(),
                                                          ("C0-o", "C1--s", "C2-.^"), strict=False)}
-    fig = _final_accuracy_plot(df, "variant", "mean_budget_s", styles,
-                               "mean latency budget $\\bar T_k$ [s]",
-                               f"TSFA vs single-stage variants, r* = {base.rank}")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH_IN, 4.4), sharex=True,
+                                   constrained_layout=True)
+    _final_accuracy_plot(df, "variant", "mean_budget_s", styles, "",
+                         f"TSFA vs single-stage variants, r* = {base.rank}", ctx=ctx, ax=ax1)
+    for (key, g), st in zip(df.groupby("variant", sort=False), styles.values(), strict=True):
+        ax2.errorbar(g["mean_budget_s"], 100 * g["budget_overshoot"],
+                     yerr=100 * g["budget_overshoot_se"].fillna(0.0), fmt=st["fmt"], lw=1,
+                     ms=3, capsize=2, label=key)
+    ax2.axhline(0.0, color="k", lw=0.8)
+    ax2.set_ylabel("budget overshoot [%]\n(worst client, time-avg latency)")
+    ax2.set_xlabel("mean latency budget $\\bar T_k$ [s]")
     return df, fig
 
 
@@ -192,20 +255,19 @@ def fig8_zeta(ctx):
     """SOFT with several zeta (0 = ablation): test accuracy and R(B, A) of the global factors."""
     rows = []
     for z in ctx.conf["sweep"]["zeta"]:
-        r = _run(ctx, **{"soft.zeta": float(z)}).rounds
-        rows.append(r.assign(zeta=float(z))[["zeta", "round", "accuracy", "orth_defect",
-                                             "kendall_tau"]])
+        rows.append(_seed_curves(ctx, ["accuracy", "orth_defect", "kendall_tau"],
+                                 **{"soft.zeta": float(z)}).assign(zeta=float(z)))
     df = pd.concat(rows, ignore_index=True)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH_IN, 4.0), sharex=True,
                                    constrained_layout=True)
     for i, (z, g) in enumerate(df.groupby("zeta")):
         c = plt.get_cmap("viridis")(i / max(1, df["zeta"].nunique() - 1))
-        ax1.plot(g["round"], g["accuracy"], color=c, lw=1, label=f"$\\zeta$ = {z:g}")
-        ax2.plot(g["round"], g["orth_defect"], color=c, lw=1)
+        _band(ax1, g, "accuracy", color=c, label=f"$\\zeta$ = {z:g}")
+        _band(ax2, g, "orth_defect", color=c)
     ax1.set_ylabel("test accuracy")
     ax1.legend(fontsize=6)
     ax2.set_yscale("log")
     ax2.set_ylabel("$\\sum_m R(B_m, A_m)$")
     ax2.set_xlabel("round $t$")
-    _title(ax1, f"SOFT orthogonality penalty, r = {ctx.base.rank}")
+    _title(ax1, f"SOFT orthogonality penalty, r = {ctx.base.rank}", ctx)
     return df, fig

@@ -1,12 +1,6 @@
-"""Figure 1: bound J(r) and final accuracy vs rank r.
-
-docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
-
-Configuration: analysis/fig1_rank.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
-hash of their resolved config and reused; the figure is plotted from the saved results.
-
-    python analysis/fig1_rank.py --out figures --size quick
-"""
+"""Figure 1: bound J(r) and final accuracy vs rank r (docs/model.md §7; tsfa's
+reconstruction, not the paper's results): ``python analysis/fig1_rank.py --out figures``, options
+``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig1_rank.toml``."""
 
 from tsfa.reporting.figures import script_main
 

@@ -1,12 +1,6 @@
-"""Figure 3: accuracy vs rounds, all methods, same latency budget.
-
-docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
-
-Configuration: analysis/fig3_methods.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
-hash of their resolved config and reused; the figure is plotted from the saved results.
-
-    python analysis/fig3_methods.py --out figures --size quick
-"""
+"""Figure 3: accuracy vs rounds, all methods, same latency budget (docs/model.md §7; tsfa's
+reconstruction, not the paper's results): ``python analysis/fig3_methods.py --out figures``, options
+``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig3_methods.toml``."""
 
 from tsfa.reporting.figures import script_main
 

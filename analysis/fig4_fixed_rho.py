@@ -1,12 +1,6 @@
-"""Figure 4: final accuracy vs fixed rho, SOFT vs TLoRA/RLoRA.
-
-docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
-
-Configuration: analysis/fig4_fixed_rho.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
-hash of their resolved config and reused; the figure is plotted from the saved results.
-
-    python analysis/fig4_fixed_rho.py --out figures --size quick
-"""
+"""Figure 4: final accuracy vs fixed rho, SOFT vs TLoRA/RLoRA (docs/model.md §7; tsfa's
+reconstruction, not the paper's results): ``python analysis/fig4_fixed_rho.py --out figures``, options
+``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig4_fixed_rho.toml``."""
 
 from tsfa.reporting.figures import script_main
 

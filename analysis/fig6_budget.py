@@ -1,12 +1,6 @@
-"""Figure 6: accuracy vs latency budget, TSFA vs single-stage variants.
-
-docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
-
-Configuration: analysis/fig6_budget.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
-hash of their resolved config and reused; the figure is plotted from the saved results.
-
-    python analysis/fig6_budget.py --out figures --size quick
-"""
+"""Figure 6: accuracy vs latency budget, TSFA vs single-stage variants (docs/model.md §7; tsfa's
+reconstruction, not the paper's results): ``python analysis/fig6_budget.py --out figures``, options
+``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig6_budget.toml``."""
 
 from tsfa.reporting.figures import script_main
 

@@ -1,12 +1,6 @@
-"""Figure 7: client compression time per round, SOFT vs SLoRA.
-
-docs/model.md §7; tsfa's reconstruction on its embedded task, not the paper's results.
-
-Configuration: analysis/fig7_client_compute.toml (plus analysis/base.toml). Runs are cached in OUT/runs by the
-hash of their resolved config and reused; the figure is plotted from the saved results.
-
-    python analysis/fig7_client_compute.py --out figures --size quick
-"""
+"""Figure 7: client compression time per round, SOFT vs SLoRA (docs/model.md §7; tsfa's
+reconstruction, not the paper's results): ``python analysis/fig7_client_compute.py --out figures``, options
+``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig7_client_compute.toml``."""
 
 from tsfa.reporting.figures import script_main
 

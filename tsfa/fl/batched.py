@@ -105,7 +105,7 @@ def stacked_soft_select(B: Tensor, A: Tensor, n: int) -> Tensor:
     return torch.sort(torch.topk(importance, n, dim=1).indices, dim=1).values
 
 
-def _merge_pays(layer: LoRALinear) -> bool:
+def uses_merged_weight(layer: LoRALinear) -> bool:
     """Speed heuristic (both forms are exact): fold client k's LoRA into a per-client weight
     W0 + s B_k A_k when r >= min(d_in, d_out) / 16 (tiny ViT: d = 64, r = 8), else apply it as
     two thin matmuls (ViT-Base: d = 768); measured on 1 CPU core, benchmarks/README.md."""
@@ -129,7 +129,7 @@ class _Forward:
         b, a = self.lora[id(layer)]
         xk = x.reshape(k_clients, -1, x.shape[-1])
         base = layer.base
-        if _merge_pays(layer):
+        if uses_merged_weight(layer):
             w = base.weight + layer.scaling * torch.bmm(b, a)  # (K, d_out, d_in)
             y = torch.bmm(xk, w.transpose(1, 2)) if base.bias is None else torch.baddbmm(
                 base.bias, xk, w.transpose(1, 2))
@@ -185,15 +185,15 @@ def draw_minibatches(data: Sequence[tuple[Tensor, Tensor]], rngs: Sequence[np.ra
     sequential path does; rows n_k .. n - 1 (n = max n_k) repeat its first sample (padding)."""
     sizes = [min(batch, len(y)) for _, y in data]
     n = max(sizes)
-    xs, ys = [], []
-    for (x, y), rng, size in zip(data, rngs, sizes, strict=True):
-        idx = rng.integers(len(y), size=size)
-        if size < n:
-            idx = np.concatenate([idx, np.full(n - size, idx[0])])
-        idx = torch.from_numpy(idx).to(y.device)
-        xs.append(x[idx])
-        ys.append(y[idx])
-    return torch.stack(xs).to(device), torch.stack(ys).to(device), sizes
+    idx = np.empty((len(data), n), dtype=np.int64)
+    for k, ((_, y), rng, size) in enumerate(zip(data, rngs, sizes, strict=True)):
+        idx[k, :size] = rng.integers(len(y), size=size)
+        idx[k, size:] = idx[k, 0]
+    where = {y.device for _, y in data}  # one host-to-device copy of the indices per step
+    index = torch.from_numpy(idx).to(where.pop() if len(where) == 1 else "cpu")
+    xb = torch.stack([xk[index[k].to(xk.device)].to(device) for k, (xk, _) in enumerate(data)])
+    yb = torch.stack([yk[index[k].to(yk.device)].to(device) for k, (_, yk) in enumerate(data)])
+    return xb, yb, sizes
 
 
 def task_losses(logits: Tensor, y: Tensor, sizes: Sequence[int]) -> Tensor:
@@ -288,5 +288,6 @@ def _reference_local_train():
 
 
 __all__ = ["Stacked", "batched_local_train", "sequential_local_train", "draw_minibatches",
-           "task_losses", "stack_factors", "unstack_factors", "stack_heads", "unstack_heads",
-           "stacked_orthogonality_defect", "stacked_soft_regulariser", "stacked_soft_select"]
+           "task_losses", "uses_merged_weight", "stack_factors", "unstack_factors", "stack_heads",
+           "unstack_heads", "stacked_orthogonality_defect", "stacked_soft_regulariser",
+           "stacked_soft_select"]

@@ -1,0 +1,269 @@
+"""Sequential vs batched local training of K clients: client-steps per second and peak memory.
+
+For each device (the CPU, and a CUDA GPU when torch sees one), ViT width (tiny: the default
+embedded task's ViT; small: ViT-S/16; base: ViT-B/16, both at 224 px) and client count K, one
+round of local training of K clients (tau AdamW steps of batch b, SOFT regulariser on, LoRA
+r = 8 on q, v) is timed both ways, interleaved over the repeats so that machine load hits both
+alike:
+
+* sequential: ``tsfa.fl.batched.sequential_local_train`` (``local_train`` per client, the
+  reference path);
+* batched: ``tsfa.fl.batched.batched_local_train`` (every client in one computation).
+
+It prints client-steps per second (K tau / wall time of the call, median of the repeats), the
+speed-up batched / sequential, the peak memory of one call above what was allocated before it
+(CPU: the peak RSS, VmHWM, of a fresh subprocess per measurement, reset just before the call,
+minus its RSS then; CUDA:
+``torch.cuda.max_memory_allocated`` minus the allocation before) and ``os.getloadavg()`` before
+and after each timing. Per width it also prints the memory model of the batched trainer,
+
+    peak(K) - peak(K1) ~= (K - K1) (S_state + S_merged + b a),
+    S_state  = 4 e (P_lora + P_head)     parameters, gradients, AdamW's two moments (e bytes each)
+    S_merged = 2 e sum_m d_out d_in      per-client merged weights W0 + s B A and their gradients
+                                         (only where that form is used, see tsfa.fl.batched)
+    a        = peak bytes per sample     the minibatch, activations kept for the backward pass and
+                                         its transients; measured at K1 from batch b to 2 b,
+
+and the slope it predicts against the measured one. The small and base widths use few samples
+and steps on the CPU (seconds per step). Run as a script (a GPU user runs it as is):
+
+    python benchmarks/bench_trainer.py [--widths tiny small base] [--devices cpu cuda]
+                                       [--clients 10 50] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tsfa.config.experiment import RunConfig
+from tsfa.fl.batched import batched_local_train, sequential_local_train, uses_merged_weight
+from tsfa.fl.device import set_threads
+from tsfa.fl.lora import apply_lora, get_factors, get_head_state, lora_modules
+from tsfa.fl.synthetic import SyntheticConfig
+from tsfa.fl.vit import ViT, ViTConfig
+
+WIDTHS = {"tiny": lambda: SyntheticConfig().vit,
+          "small": lambda: ViTConfig(224, 16, 3, 10, 384, 12, 6, 4.0),
+          "base": lambda: ViTConfig.base(num_classes=10)}
+MODES = {"sequential": sequential_local_train, "batched": batched_local_train}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run for one width on one kind of device: client counts, local steps, batch and
+    samples per client (None: the default task's num_train / K)."""
+
+    clients: tuple[int, ...]
+    steps: int
+    batch: int
+    samples: int | None
+
+
+PLANS = {("tiny", "cpu"): Plan((1, 10, 50), 20, 32, None),
+         ("small", "cpu"): Plan((1, 4), 2, 4, 16),
+         ("base", "cpu"): Plan((1, 2), 1, 2, 8),
+         ("tiny", "cuda"): Plan((10, 50, 200), 20, 32, None),
+         ("small", "cuda"): Plan((10, 50), 5, 32, 256),
+         ("base", "cuda"): Plan((4, 10), 3, 16, 128)}
+
+
+def setup(width: str, k_clients: int, plan: Plan, device: str, seed: int = 0):
+    """A LoRA ViT of ``width`` on ``device``, K clients' Gaussian images and the round's arguments
+    at the default run's settings (rank, alpha, lr, optimizer, zeta)."""
+    cfg = RunConfig()
+    exp, tr = cfg.experiment, cfg.system.training
+    vit = WIDTHS[width]()
+    gen = torch.Generator().manual_seed(seed)
+    model = ViT(vit, gen)
+    apply_lora(model, exp.rank, exp.lora_alpha, generator=gen)
+    model.to(device)
+    n = plan.samples or exp.num_train // k_clients
+    data = [(torch.randn(n, vit.in_chans, vit.image_size, vit.image_size, generator=gen).to(device),
+             torch.randint(vit.num_classes, (n,), generator=gen).to(device))
+            for _ in range(k_clients)]
+    factors, head = get_factors(model), get_head_state(model)
+    args = dict(model=model, factors=[factors] * k_clients, heads=[head] * k_clients, data=data,
+                steps=plan.steps, batch=plan.batch, lr=tr.learning_rate, optimizer=exp.optimizer,
+                zeta=cfg.system.soft.zeta)
+    return model, args
+
+
+def call(mode: str, args: dict, steps: int | None = None) -> float:
+    """Wall seconds of one round of local training of every client (fresh generators)."""
+    a = dict(args, rngs=[np.random.default_rng(k) for k in range(len(args["data"]))])
+    if steps is not None:
+        a["steps"] = steps
+    sync = torch.cuda.synchronize if a["model"].head.weight.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    MODES[mode](**a)
+    sync()
+    return time.perf_counter() - t0
+
+
+def load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def time_modes(width: str, k_clients: int, plan: Plan, device: str, repeats: int) -> dict:
+    """Median client-steps/s of both modes, interleaved over ``repeats`` after a warm-up."""
+    _, args = setup(width, k_clients, plan, device)
+    for mode in MODES:
+        call(mode, args, steps=1)
+    before = load()
+    times = {mode: [] for mode in MODES}
+    for _ in range(repeats):
+        for mode in MODES:
+            times[mode].append(call(mode, args))
+    rate = {m: k_clients * plan.steps / statistics.median(t) for m, t in times.items()}
+    return {"rate": rate, "load_before": before, "load_after": load()}
+
+
+def _status_bytes(field: str) -> int | None:
+    """A memory line of /proc/self/status (Linux: VmRSS now, VmHWM the peak), in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def _reset_peak_rss() -> None:
+    """Hand memory freed by torch back to the OS (glibc keeps it otherwise) and reset the peak
+    RSS (Linux: ``echo 5 > /proc/self/clear_refs``), so that the next peak is this call's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss_and_peak() -> tuple[int, int]:
+    """(RSS now, peak RSS) in bytes. Elsewhere than Linux: ru_maxrss for both (a lower bound of
+    the growth; macOS reports bytes, Linux KiB)."""
+    now, peak = _status_bytes("VmRSS"), _status_bytes("VmHWM")
+    if now is None or peak is None:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        now = peak = maxrss * (1 if sys.platform == "darwin" else 1024)
+    return now, peak
+
+
+def peak_bytes(width: str, k_clients: int, plan: Plan, device: str, mode: str) -> float:
+    """Peak memory of one call above the memory in use before it (bytes), after a one-step
+    warm-up call (which maps the code and the thread pools that any call needs)."""
+    _, args = setup(width, k_clients, plan, device)
+    call(mode, args, steps=1)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        call(mode, args)
+        return float(torch.cuda.max_memory_allocated() - before)
+    _reset_peak_rss()
+    before, _ = _rss_and_peak()
+    call(mode, args)
+    return float(_rss_and_peak()[1] - before)
+
+
+def peak_bytes_fresh(width: str, k_clients: int, plan: Plan, device: str, mode: str,
+                     threads: int) -> float:
+    """:func:`peak_bytes` in a fresh interpreter (CPU: ru_maxrss is per process)."""
+    if device == "cuda":
+        return peak_bytes(width, k_clients, plan, device, mode)
+    job = json.dumps([width, k_clients, plan.__dict__, device, mode, threads])
+    out = subprocess.run([sys.executable, __file__, "--memory-worker", job], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_model(width: str, plan: Plan, device: str, threads: int) -> dict:
+    """The per-client terms of the memory model (module docstring), in bytes: S_state, S_merged,
+    and a, the peak bytes per sample, measured at K = min(plan.clients) from batch b to 2 b."""
+    model, _ = setup(width, 1, plan, device)
+    e = model.head.weight.element_size()
+    lora = [m for _, m in lora_modules(model)]
+    p_client = sum(m.lora_A.numel() + m.lora_B.numel() for m in lora)
+    p_client += sum(p.numel() for p in model.head.parameters())
+    merged = 2 * e * sum(m.base.weight.numel() for m in lora if uses_merged_weight(m))
+    k1, b = min(plan.clients), plan.batch
+    double = Plan(plan.clients, plan.steps, 2 * b, plan.samples)
+    per_sample = (peak_bytes_fresh(width, k1, double, device, "batched", threads)
+                  - peak_bytes_fresh(width, k1, plan, device, "batched", threads)) / (k1 * b)
+    return {"params": p_client, "state": 4 * e * p_client, "merged": merged, "a": per_sample,
+            "slope": 4 * e * p_client + merged + b * per_sample}
+
+
+def run_width(width: str, device: str, clients, threads: int, repeats: int) -> None:
+    plan = PLANS[(width, "cuda" if device == "cuda" else "cpu")]
+    if clients:
+        plan = Plan(tuple(clients), plan.steps, plan.batch, plan.samples)
+    print(f"\n## {width} ViT on {device}: tau = {plan.steps}, b = {plan.batch}, samples per client "
+          f"= {plan.samples or 'num_train / K'}, torch threads = {torch.get_num_threads()}")
+    print("|  K | sequential cs/s | batched cs/s | batched / sequential | peak MB seq | "
+          "peak MB batched | load before | load after |")
+    print("|---:|---:|---:|---:|---:|---:|---|---|")
+    peaks = {}
+    for k in plan.clients:
+        t = time_modes(width, k, plan, device, repeats)
+        peak = {m: peak_bytes_fresh(width, k, plan, device, m, threads) for m in MODES}
+        peaks[k] = peak["batched"]
+        r = t["rate"]
+        print(f"| {k} | {r['sequential']:.1f} | {r['batched']:.1f} | "
+              f"**{r['batched'] / r['sequential']:.2f}** | {peak['sequential'] / 2**20:.1f} | "
+              f"{peak['batched'] / 2**20:.1f} | {t['load_before']} | {t['load_after']} |",
+              flush=True)
+    if len(peaks) >= 2:
+        mm = memory_model(width, plan, device, threads)
+        (k1, p1), (k2, p2) = sorted(peaks.items())[0], sorted(peaks.items())[-1]
+        print(f"memory model, batched: peak(K) - peak(K1) = (K - K1) (S_state + S_merged + b a); "
+              f"S_state = 4 e (P_lora + P_head) = {mm['state'] / 2**10:.1f} KiB "
+              f"({mm['params']} parameters), S_merged = {mm['merged'] / 2**10:.1f} KiB, a = "
+              f"{mm['a'] / 2**10:.1f} KiB per sample (measured at K = {k1}, b -> 2 b): predicted "
+              f"{mm['slope'] / 2**20:.2f} MiB per client; measured (K = {k1} -> {k2}) "
+              f"{(p2 - p1) / (k2 - k1) / 2**20:.2f} MiB per client")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS))
+    parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"],
+                        help="default: cpu, and cuda when torch sees a GPU")
+    parser.add_argument("--clients", nargs="+", type=int, default=None,
+                        help="client counts K (default: per width and device, see PLANS)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: tsfa.fl.device.set_threads: all cores)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        width, k, plan, device, mode, threads = json.loads(args.memory_worker)
+        set_threads(threads)
+        print(peak_bytes(width, k, Plan(**dict(plan, clients=tuple(plan["clients"]))), device, mode))
+        return
+    threads = set_threads(args.threads)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} torch threads, GPU: {gpu}, "
+          f"load average {load()}")
+    for device in devices:
+        for width in args.widths:
+            run_width(width, device, args.clients, threads, args.repeats)
+    print(f"\nload average at the end: {load()}")
+
+
+if __name__ == "__main__":
+    main()

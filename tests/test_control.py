@@ -97,8 +97,9 @@ def default_system():
 
 @pytest.fixture(scope="module")
 def no_deadline_system():
-    """The default spec with control.deadline = 'none' (the original P2)."""
-    return _default(**{"control.deadline": "none"})
+    """The default spec as it was before issue 11: no deadline (the original P2) and the relative
+    budget rule; the V trade-off tests and docs/model.md §4's V table were measured on it."""
+    return _default(**{"control.deadline": "none", "control.latency_budget_s": []})
 
 
 def test_default_spec_long_run_meets_latency_budgets(default_system):
@@ -137,8 +138,8 @@ def _sweep(system, vs, seed=9, rounds=2000):
 
 
 def test_default_spec_v_sweep_penalty_down_queue_up(no_deadline_system):
-    """Original P2 on the default spec, same fading draws, V in {1, 3, 10, 100}: average penalty
-    non-increasing and average queue non-decreasing."""
+    """Original P2 on the pre-issue-11 default spec, same fading draws, V in {1, 3, 10, 100}:
+    average penalty non-increasing and average queue non-decreasing."""
     pens, queues = _sweep(no_deadline_system, (1.0, 3.0, 10.0, 100.0))
     assert all(a >= b for a, b in zip(pens, pens[1:], strict=False)), pens
     assert all(a <= b for a, b in zip(queues, queues[1:], strict=False)), queues
@@ -149,6 +150,16 @@ def test_default_spec_v_sweep_low_v(no_deadline_system):
     queues no more than V = 1."""
     pens, queues = _sweep(no_deadline_system, (0.1, 1.0))
     assert pens[0] >= pens[1] and queues[0] <= queues[1], (pens, queues)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known, not fixed: on the original P2 (control.deadline = 'none') below V ~ 0.3 queues empty "
+    "often and the zero-queue decision (rho = 1 at w_min) still spikes; measured over 2,000 "
+    "rounds: mean queue 5.3 s at V = 0.1 vs 2.9 s at V = 0.3. Minimising the exact one-round "
+    "drift is the candidate fix; with the default deadline the spike is capped instead."))
+def test_default_spec_v_sweep_very_low_v(no_deadline_system):
+    _, queues = _sweep(no_deadline_system, (0.1, 0.3))
+    assert queues[0] <= queues[1], queues
 
 
 def test_short_run_is_a_prefix_of_a_long_run(default_system):

@@ -30,6 +30,9 @@ def spec_cmd(spec: SpecArg = None) -> None:
     typer.echo(load(spec).to_toml(), nl=False)
 
 
+SHOWN_CLIENTS = 30  # rows of the per-client table printed by `tsfa control` (all go to --out)
+
+
 def _warn_all(lines) -> None:
     for line in lines:
         warn(line)
@@ -170,12 +173,18 @@ def control_cmd(
     if csv_stream is not None:
         csv_stream.close()
         write_control(out, s, rep, solver=solver, rounds=rounds)
-    if json_stream is not None:
-        json_stream.close({k: rep[k] for k in ("V", "solver", "policy", "summary",
-                                               "average_penalty", "late_rounds")})
+    summary = rep["summary"]
+    if json_stream is not None:  # the summary by column: K lists, not K records
+        json_stream.close({k: rep[k] for k in ("V", "solver", "policy", "average_penalty",
+                                               "late_rounds")}
+                          | {"summary": {c: summary[c].to_numpy() for c in summary.columns}})
         return
-    print_frame(rep["summary"], f"Controller over {rounds} rounds: r = {rep['rank']}, "
-                f"V = {rep['V']:g}, solver {solver}")
+    title = (f"Controller over {rounds} rounds: r = {rep['rank']}, V = {rep['V']:g}, solver "
+             f"{solver}")
+    if len(summary) > SHOWN_CLIENTS:  # the clients furthest over their budget
+        title += f" ({SHOWN_CLIENTS} of {len(summary)} clients, highest latency / budget first)"
+        summary = summary.nlargest(SHOWN_CLIENTS, "latency_ratio")
+    print_frame(summary, title)
     console.print(f"average penalty: {rep['average_penalty']:.6g}")
     if out is not None:
         console.print(f"tables and control_traces.png in {out}")

@@ -222,15 +222,25 @@ def measure(base, specs, conf, store, jobs, report_only, options) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def build_table(specs_df: pd.DataFrame, acc: pd.DataFrame, confidence: float) -> pd.DataFrame:
+def build_table(specs_df: pd.DataFrame, acc: pd.DataFrame, confidence: float,
+                min_seeds: int = 1) -> pd.DataFrame:
     """The out-of-sample table: one row per held-out spec (``specs_df``: spec, predicted_r_star,
-    ...) joined with :func:`summarise_spec` of its runs in ``acc``."""
+    ...) joined with :func:`summarise_spec` of its runs in ``acc``; specs with fewer than
+    ``min_seeds`` complete seeds (every rank finished) are left out."""
     rows = []
     for _, s in specs_df.iterrows():
         a = acc[acc["spec"] == s["spec"]]
         if a.empty:
             continue
-        rows.append({**s.to_dict(), **summarise_spec(a, int(s["predicted_r_star"]), confidence)})
+        row = {**s.to_dict(), **summarise_spec(a, int(s["predicted_r_star"]), confidence)}
+        if row["seeds"] < min_seeds:  # a spec whose runs are still training
+            continue
+        ranks = sorted(a["rank"].unique())
+        d = s.get("r_star_default_constants")
+        if d is not None and not pd.isna(d) and int(d) in ranks:
+            row["default_within_one"] = abs(ranks.index(int(d))
+                                            - ranks.index(row["measured_best"])) <= 1
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -264,21 +274,25 @@ def main(argv=None) -> None:
     bound = bound_values(cal.spec)
     log(f"calibrated in {time.perf_counter() - t0:.0f} s")
     ranks = conf["measure"]["ranks"]
-    specs, srows = [], []
-    for h in conf["heldout"]:
-        ch = heldout_changes(base, h)
-        r_star, table = predicted_rank(base.cfg.replace(**ch), bound, ranks)
-        r_def, _ = predicted_rank(base.cfg.replace(**ch), bound_values(base.system), ranks)
-        specs.append((h["name"], ch))
-        srows.append({**spec_row(h["name"], ch), "predicted_r_star": r_star,
-                      "r_star_default_constants": r_def})
-    specs_df = pd.DataFrame(srows)
-    specs_df.to_csv(store / "validation_rank_specs.csv", index=False)
+    specs = [(h["name"], heldout_changes(base, h)) for h in conf["heldout"]]
+    saved = store / f"validation_rank_specs-{a.task}-{a.size}.csv"
+    if a.report_only and saved.is_file():  # predictions of the training invocation, reused
+        specs_df = pd.read_csv(saved)
+    else:
+        srows = []
+        for name, ch in specs:
+            r_star, _ = predicted_rank(base.cfg.replace(**ch), bound, ranks)
+            r_def, _ = predicted_rank(base.cfg.replace(**ch), bound_values(base.system), ranks)
+            srows.append({**spec_row(name, ch), "predicted_r_star": r_star,
+                          "r_star_default_constants": r_def})
+        specs_df = pd.DataFrame(srows)
+        specs_df.to_csv(saved, index=False)
     log("predicted r*: " + ", ".join(f"{r.spec} {r.predicted_r_star}"
                                      for r in specs_df.itertuples()))
     options = {} if a.device == "cpu" else {"device": a.device}
     acc = measure(base, specs, conf, store, a.jobs, a.report_only, options)
-    table = build_table(specs_df, acc, float(conf["measure"]["confidence"]))
+    table = build_table(specs_df, acc, float(conf["measure"]["confidence"]),
+                        min_seeds=len(conf["measure"]["seeds"]))
     import validation_report as report
 
     elapsed = time.perf_counter() - t0

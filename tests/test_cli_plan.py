@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -163,15 +162,18 @@ def test_json_peak_memory_at_100k_clients(tmp_path):
 
 @pytest.mark.slow
 def test_rank_at_100k_clients_within_seconds(tmp_path):
-    """Issue 11: `tsfa rank` (table, r*, warnings, sensitivities) at K = 100,000 in under 10 s on
-    an idle machine; the limit is scaled by the load of the shared machine (os.getloadavg)."""
+    """Issue 11: `tsfa rank` (table, r*, warnings, sensitivities) at K = 100,000 in under 10 s.
+    Measured as the CPU time of the command (user + system of the child process), which is its
+    wall time on an idle machine and does not depend on the load of a shared one."""
+    import resource
+
     spec = _spec_file(tmp_path, BIG.format(k=100_000, w=2e6 * 10_000))
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-m", "tsfa", "rank", spec, "--json"],
-                         capture_output=True, text=True, timeout=600)
-    elapsed = time.perf_counter() - t0
+                         capture_output=True, text=True, timeout=900)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["status"] == "optimal" and report["sensitivity"]
-    assert elapsed < 10.0 * max(1.0, load), (elapsed, load)
+    assert cpu < 10.0, (cpu, os.getloadavg())

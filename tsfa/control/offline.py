@@ -21,6 +21,7 @@ component per module is reported infeasible, naming the binding client and quant
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -65,6 +66,50 @@ def planning_rate_bps(spec: SystemSpec, inst: SystemInstance) -> np.ndarray:
     return affordable_efficiency(inst.mean_gamma_hz / w, spec.control.deadline_factor) * w
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Per-client planning constants of one realised system, (K,) (docs/model.md §3):
+    ``budget_bits = (Tbar - T^cmp) R_plan - S_head`` (bits a round's budget carries beyond the
+    head), ``cap_bits`` (``rho_pi`` times the factor bits at rho = 1: ``kappa W0(s 2^{-c0/kappa})
+    w b / ln 2``; inf without a deadline or where the cap cannot bind), ``inv_wb = 1 / (w b)``,
+    ``inv_snr = 1 / s`` on the equal share ``w``."""
+
+    budget_bits: np.ndarray
+    cap_bits: np.ndarray
+    inv_wb: np.ndarray
+    inv_snr: np.ndarray
+    head_bits: float
+    kappa: float | None
+
+
+def _plan(spec: SystemSpec, inst: SystemInstance, rate=None, slope_max: float = 0.0) -> _Plan:
+    """The constants of :class:`_Plan`; ``slope_max``: the largest factor bits at rho = 1 of the
+    ranks asked (the Lambert W is evaluated only where the cap may bind at such a rank)."""
+    rate = planning_rate_bps(spec, inst) if rate is None else rate
+    head = float(spec.lora.bits_per_param * spec.lora.head_params)
+    w = spec.wireless.bandwidth_total_hz / spec.clients.num_clients
+    b = np.maximum(inst.budget_s - inst.compute_s, 1e-300)
+    inv_wb, inv_snr = 1.0 / (w * b), w / inst.mean_gamma_hz
+    budget_bits = (inst.budget_s - inst.compute_s) * rate - head
+    cap = np.full(budget_bits.shape, np.inf)
+    kappa = None
+    if spec.control.deadline == "defer":
+        kappa = spec.control.deadline_factor
+        with np.errstate(over="ignore", under="ignore"):
+            z = np.exp2(-head * inv_wb / kappa) / inv_snr  # s 2^{-c0 / kappa}
+        lz = np.log(np.maximum(z, np.e))  # W0(z) >= log z - log log z above e
+        scale = kappa / (inv_wb * LN2)
+        low = (lz - np.log(lz)) * scale < max(slope_max, 1.0)
+        cap[low] = _lambert_w0(z[low]) * scale[low]
+    return _Plan(budget_bits, cap, inv_wb, inv_snr, head, kappa)
+
+
+def _slope(spec: SystemSpec, rank) -> np.ndarray:
+    """Factor bits at rho = 1, ``r S_1(r)`` (the payload slope), shaped like ``rank``."""
+    r = np.asarray(rank, float)
+    return component_bits(spec, r) * r
+
+
 def affordable_components(spec: SystemSpec, inst: SystemInstance, rank, rate=None) -> np.ndarray:
     """m_k(r) = ((Tbar_k - T^cmp_k) R_plan_k - S_head) / S_1(r): components per module client k can
     send within its budget on its planning rate (continuous, may be < 1).
@@ -90,15 +135,10 @@ def _lambert_w0(z: np.ndarray) -> np.ndarray:
     return y
 
 
-def _sigma(spec: SystemSpec, inst: SystemInstance, rank):
-    """``sigma_k(rho) = c1 rho + c0`` [bit/s/Hz]: the spectral efficiency that sends the upload
-    at ratio rho within the uplink budget on the equal share; returns ``(c1, c0, s, kappa)``."""
-    w = spec.wireless.bandwidth_total_hz / spec.clients.num_clients
-    b = np.maximum(inst.budget_s - inst.compute_s, 1e-300)
-    r = np.asarray(rank, float)[..., None]
-    c1 = component_bits(spec, r) * r / (w * b)
-    c0 = spec.lora.bits_per_param * spec.lora.head_params / (w * b)
-    return c1, c0, inst.mean_gamma_hz / w, spec.control.deadline_factor
+def _pi(plan: _Plan, slope, rho) -> np.ndarray:
+    """``pi = exp(-(2^{sigma / kappa} - 1) / s)``, ``sigma = (slope rho + h) / (w b)``."""
+    arg = np.minimum((rho * slope + plan.head_bits) * (plan.inv_wb / plan.kappa), 1000.0)
+    return np.exp((1.0 - np.exp2(arg)) * plan.inv_snr)  # (beyond 1000: pi = 0 in doubles)
 
 
 def participation(spec: SystemSpec, inst: SystemInstance, rank, rho) -> np.ndarray:
@@ -106,27 +146,19 @@ def participation(spec: SystemSpec, inst: SystemInstance, rank, rho) -> np.ndarr
     deadline. ``pi = exp(-(2^{sigma(rho) / kappa} - 1) / s_k)`` (:mod:`tsfa.maths.outage`)."""
     if spec.control.deadline == "none":
         return np.ones(np.broadcast_shapes(np.shape(rho), (inst.num_clients,)))
-    c1, c0, s, kappa = _sigma(spec, inst, rank)
-    arg = np.minimum(LN2 * (c1 * rho + c0) / kappa, 700.0)  # beyond: pi = 0 to double precision
-    return np.exp(-np.expm1(arg) / s)
+    return _pi(_plan(spec, inst), _slope(spec, rank)[..., None], rho)
 
 
-def affordable_rho(spec: SystemSpec, inst: SystemInstance, rank, rate=None, m=None) -> np.ndarray:
+def affordable_rho(spec: SystemSpec, inst: SystemInstance, rank, rate=None) -> np.ndarray:
     """rho_bar_k(r) = clip(min(m_k(r) / r, rho_pi_k(r)), 1/r, 1) (docs/model.md §3), (..., K).
 
     ``rho_pi = kappa W0(s 2^{-c0 / kappa}) / (c1 ln 2)`` maximises ``pi(rho) rho`` (a larger ratio
     is deferred so often that fewer components get through); no such cap without a deadline.
-    ``m``: :func:`affordable_components` if already known.
     """
+    slope = _slope(spec, rank)
+    plan = _plan(spec, inst, rate, float(np.max(slope)))
     r = np.asarray(rank, float)[..., None]
-    m = affordable_components(spec, inst, rank, rate) if m is None else m
-    rho = m / r
-    if spec.control.deadline == "defer":
-        c1, c0, s, kappa = _sigma(spec, inst, rank)
-        with np.errstate(over="ignore", under="ignore"):
-            w0 = _lambert_w0(s * np.exp2(-c0 / kappa))  # (K,): independent of the rank
-        rho = np.minimum(rho, kappa * w0 / (c1 * LN2))
-    return np.clip(rho, 1.0 / r, 1.0)
+    return np.clip(np.minimum(plan.budget_bits, plan.cap_bits) / slope[..., None], 1.0 / r, 1.0)
 
 
 def _summarise(reasons: list[str], limit: int = 3) -> list[str]:
@@ -162,22 +194,27 @@ def infeasibility_reasons(spec: SystemSpec, inst: SystemInstance, rank: int) -> 
     return _summarise(reasons)
 
 
-def client_terms(spec: SystemSpec, inst: SystemInstance, ranks, rate=None) -> dict:
+def client_terms(spec: SystemSpec, inst: SystemInstance, ranks, rate=None,
+                 stats: bool = True) -> dict:
     """The K-dependent part of J(r) for each rank (R,): ``phi_mean`` = ``sum_k p_k phi(pi_k
-    rho_bar_k)``, ``feasible``, and the means/minima of rho_bar and pi (the rest of J depends on
-    the bound constants only; :mod:`tsfa.control.sensitivity` re-uses this part). ``rate``:
-    :func:`planning_rate_bps` if already known."""
+    rho_bar_k)``, ``feasible``, and (``stats``) the means/minima of rho_bar and pi (the rest of J
+    depends on the bound constants only; :mod:`tsfa.control.sensitivity` re-uses this part).
+    ``rate``: :func:`planning_rate_bps` if already known."""
     ranks = np.asarray(ranks, dtype=int)
-    rate = planning_rate_bps(spec, inst) if rate is None else rate
-    m = affordable_components(spec, inst, ranks, rate)  # (R, K)
-    rho = affordable_rho(spec, inst, ranks, rate, m)
-    pi = participation(spec, inst, ranks, rho)
+    slope = _slope(spec, ranks)[:, None]  # (R, 1)
+    plan = _plan(spec, inst, rate, float(np.max(slope)))
+    rho = np.clip(np.minimum(plan.budget_bits, plan.cap_bits) / slope, 1.0 / ranks[:, None], 1.0)
+    pi = np.ones(1) if plan.kappa is None else _pi(plan, slope, rho)
     eff = np.maximum(rho * pi, 1e-300)
-    feasible = np.all(m >= 1.0, axis=-1) & np.all(inst.budget_s > inst.compute_s)
-    return {"phi_mean": np.sum(inst.weights * bd.phi(eff, spec.control.phi), axis=-1),
-            "feasible": feasible, "rho_bar_mean": rho @ inst.weights,
-            "rho_bar_min": rho.min(axis=-1), "participation_mean": pi @ inst.weights,
-            "participation_min": pi.min(axis=-1)}
+    # m_k(r) >= 1 for every client  <=>  min_k budget_bits_k >= S_1(r)
+    feasible = (np.min(plan.budget_bits) >= slope[:, 0] / ranks) & bool(
+        np.all(inst.budget_s > inst.compute_s))
+    pi = np.broadcast_to(pi, rho.shape)
+    out = {"phi_mean": bd.phi(eff, spec.control.phi) @ inst.weights, "feasible": feasible}
+    if stats:
+        out |= {"rho_bar_mean": rho @ inst.weights, "rho_bar_min": rho.min(axis=-1),
+                "participation_mean": pi @ inst.weights, "participation_min": pi.min(axis=-1)}
+    return out
 
 
 def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None,
@@ -191,6 +228,17 @@ def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None,
     ranks = np.asarray(spec.lora.rank_candidates if ranks is None else ranks, dtype=int)
     if terms is None:
         terms = client_terms(spec, realize(spec) if inst is None else inst, ranks)
+    parts = j_terms(spec, ranks, terms)
+    return pd.DataFrame({
+        "rank": ranks, **parts,
+        **{n: terms[n] for n in ("rho_bar_mean", "rho_bar_min", "participation_mean",
+                                 "participation_min", "feasible")},
+    })
+
+
+def j_terms(spec: SystemSpec, ranks, terms: dict) -> dict:
+    """``eps``, ``rank_term``, ``cov_term``, ``sparse_term`` and ``J`` (inf where infeasible) per
+    rank, from the clients' part :func:`client_terms`."""
     b, tr = spec.bound, spec.training
     eps = eps_of(spec, ranks)
     rank_t = bd.rank_term(eps, b.c5)
@@ -198,12 +246,8 @@ def rank_table(spec: SystemSpec, inst: SystemInstance | None = None, ranks=None,
     sparse_t = bd.sparsification_term(terms["phi_mean"], b.smoothness, tr.learning_rate,
                                       tr.local_steps, b.grad_bound, b.c4)
     total = np.where(terms["feasible"], rank_t + cov_t + sparse_t, np.inf)
-    return pd.DataFrame({
-        "rank": ranks, "eps": eps, "rank_term": rank_t, "cov_term": cov_t,
-        "sparse_term": sparse_t, "J": total,
-        **{n: terms[n] for n in ("rho_bar_mean", "rho_bar_min", "participation_mean",
-                                 "participation_min", "feasible")},
-    })
+    return {"eps": eps, "rank_term": rank_t, "cov_term": cov_t, "sparse_term": sparse_t,
+            "J": total}
 
 
 def covariance_of(spec: SystemSpec, ranks) -> np.ndarray:

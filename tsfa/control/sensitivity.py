@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tsfa.config.spec import SystemSpec
-from tsfa.control.offline import client_terms, optimal_rank, planning_rate_bps, rank_table
+from tsfa.control.offline import client_terms, j_terms, optimal_rank, planning_rate_bps
 from tsfa.maths.instance import realize
 
 # parameters whose change can move r*: (dotted key, how to move it)
@@ -88,10 +88,11 @@ class _Evaluator:
         if key in CLIENT_SIDE:
             inst = self._instance(key, old, new)
             same_rate = key in ("control.latency_budget_s", "training.local_steps")
-            terms = client_terms(spec, inst, self.ranks, self.rate if same_rate else None)
+            terms = client_terms(spec, inst, self.ranks, self.rate if same_rate else None,
+                                 stats=False)
         else:
             terms = self.base_terms
-        return new, rank_table(spec, None, self.ranks, terms)["J"].to_numpy()
+        return new, j_terms(spec, self.ranks, terms)["J"]
 
     def gap(self, key: str, how: str, amount: float) -> float | None:
         """``J(r0) - min_{r != r0} J(r)`` after the move: < 0 while r* stays r0 (+inf when r0
@@ -154,7 +155,7 @@ def _threshold(ev: _Evaluator, key: str, how: str, direction: float, limit: floa
             a, b = (mid, b) if g is None or g < 0 else (a, mid)
         return abs(math.log(b / old))
     side = 0
-    while hi - lo > tol * max(1.0, hi):
+    while hi - lo > tol * max(1.0, hi) and not _same_print(how, direction, lo, hi):
         if math.isfinite(g_lo) and math.isfinite(g_hi) and g_hi > g_lo:
             mid = hi - g_hi * (hi - lo) / (g_hi - g_lo)
             if not lo < mid < hi:
@@ -176,7 +177,7 @@ def _threshold(ev: _Evaluator, key: str, how: str, direction: float, limit: floa
 
 
 def rank_sensitivity(spec: SystemSpec, max_log_factor: float = math.log(1e3),
-                     max_shift_db: float = 60.0, tol: float = 1e-5, scan: int = 6) -> pd.DataFrame:
+                     max_shift_db: float = 60.0, tol: float = 3e-5, scan: int = 5) -> pd.DataFrame:
     """Smallest move of each parameter (and direction) that changes r* (module docstring).
 
     Columns: parameter, direction, move (factor; dB for power), new_value (budgets: the mean),
@@ -200,6 +201,19 @@ def rank_sensitivity(spec: SystemSpec, max_log_factor: float = math.log(1e3),
                                        "new_rank"])
 
 
+def _printed_move(how: str, direction: float, amount: float) -> float:
+    """The move as printed for a threshold ``amount``: rounded outward to 4 digits."""
+    value = direction * amount if how == "shift" else math.exp(direction * amount)
+    return _round_out(value, up=direction > 0)
+
+
+def _same_print(how: str, direction: float, lo: float, hi: float) -> bool:
+    """The threshold is known to the printed precision once both ends of its bracket (and so
+    every point between) print the same outward-rounded move (``lo > 0``: a flip was bracketed
+    away from the origin)."""
+    return lo > 0 and _printed_move(how, direction, lo) == _printed_move(how, direction, hi)
+
+
 def _amount(how: str, move: float) -> float:
     """The scan amount (log factor or dB) of a printed move."""
     return move if how == "shift" else math.log(move)
@@ -208,10 +222,7 @@ def _amount(how: str, move: float) -> float:
 def _printed(ev: _Evaluator, key: str, how: str, direction: float, hi: float, r0):
     """``(move, new_value, r*, new r*)`` with the move rounded outward to 4 digits and checked to
     change r* (integer parameters: the exact threshold value)."""
-    if how == "shift":
-        move = _round_out(direction * hi, up=direction > 0)
-    else:
-        move = _round_out(math.exp(direction * hi), up=direction > 0)
+    move = _printed_move(how, direction, hi)
     if how == "scale_int":  # the threshold is an integer value: report it exactly
         new = ev.new_value(key, how, direction * hi)
         return new / ev.value(key), new, r0, ev.rank_after(key, how, direction * hi)

@@ -100,9 +100,13 @@ def setup(width: str, k_clients: int, plan: Plan, device: str, seed: int = 0):
     return model, args
 
 
-def call(mode: str, args: dict, steps: int | None = None) -> float:
-    """Wall seconds of one round of local training of every client (fresh generators)."""
-    a = dict(args, rngs=[np.random.default_rng(k) for k in range(len(args["data"]))])
+def call(mode: str, args: dict, steps: int | None = None, clients: int | None = None) -> float:
+    """Wall seconds of one round of local training of every client, or of the first ``clients``
+    (fresh generators)."""
+    a = dict(args)
+    for key in ("factors", "heads", "data"):
+        a[key] = a[key][:clients]
+    a["rngs"] = [np.random.default_rng(k) for k in range(len(a["data"]))]
     if steps is not None:
         a["steps"] = steps
     sync = torch.cuda.synchronize if a["model"].head.weight.is_cuda else (lambda: None)
@@ -117,17 +121,21 @@ def load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def time_modes(width: str, k_clients: int, plan: Plan, device: str, repeats: int) -> dict:
-    """Median client-steps/s of both modes, interleaved over ``repeats`` after a warm-up."""
+def time_modes(width: str, k_clients: int, plan: Plan, device: str, repeats: int,
+               seq_clients: int | None) -> dict:
+    """Median client-steps/s of both modes, interleaved over ``repeats`` after a warm-up; the
+    sequential mode on the first ``seq_clients`` clients only if given (its client-steps/s does
+    not depend on K: one client at a time)."""
     _, args = setup(width, k_clients, plan, device)
+    counts = {"sequential": min(k_clients, seq_clients or k_clients), "batched": k_clients}
     for mode in MODES:
-        call(mode, args, steps=1)
+        call(mode, args, steps=1, clients=counts[mode])
     before = load()
     times = {mode: [] for mode in MODES}
     for _ in range(repeats):
         for mode in MODES:
-            times[mode].append(call(mode, args))
-    rate = {m: k_clients * plan.steps / statistics.median(t) for m, t in times.items()}
+            times[mode].append(call(mode, args, clients=counts[mode]))
+    rate = {m: counts[m] * plan.steps / statistics.median(t) for m, t in times.items()}
     return {"rate": rate, "load_before": before, "load_after": load()}
 
 
@@ -162,29 +170,30 @@ def _rss_and_peak() -> tuple[int, int]:
     return now, peak
 
 
-def peak_bytes(width: str, k_clients: int, plan: Plan, device: str, mode: str) -> float:
+def peak_bytes(width: str, k_clients: int, plan: Plan, device: str, mode: str,
+               clients: int | None = None) -> float:
     """Peak memory of one call above the memory in use before it (bytes), after a one-step
     warm-up call (which maps the code and the thread pools that any call needs)."""
     _, args = setup(width, k_clients, plan, device)
-    call(mode, args, steps=1)
+    call(mode, args, steps=1, clients=clients)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        call(mode, args)
+        call(mode, args, clients=clients)
         return float(torch.cuda.max_memory_allocated() - before)
     _reset_peak_rss()
     before, _ = _rss_and_peak()
-    call(mode, args)
+    call(mode, args, clients=clients)
     return float(_rss_and_peak()[1] - before)
 
 
 def peak_bytes_fresh(width: str, k_clients: int, plan: Plan, device: str, mode: str,
-                     threads: int) -> float:
-    """:func:`peak_bytes` in a fresh interpreter (CPU: ru_maxrss is per process)."""
+                     threads: int, clients: int | None = None) -> float:
+    """:func:`peak_bytes` in a fresh interpreter (CPU: the peak RSS is per process)."""
     if device == "cuda":
-        return peak_bytes(width, k_clients, plan, device, mode)
-    job = json.dumps([width, k_clients, plan.__dict__, device, mode, threads])
+        return peak_bytes(width, k_clients, plan, device, mode, clients)
+    job = json.dumps([width, k_clients, plan.__dict__, device, mode, threads, clients])
     out = subprocess.run([sys.executable, __file__, "--memory-worker", job], check=True,
                          capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
@@ -207,22 +216,25 @@ def memory_model(width: str, plan: Plan, device: str, threads: int) -> dict:
             "slope": 4 * e * p_client + merged + b * per_sample}
 
 
-def run_width(width: str, device: str, clients, threads: int, repeats: int) -> None:
+def run_width(width: str, device: str, clients, threads: int, repeats: int,
+              seq_clients: int | None) -> None:
     plan = PLANS[(width, "cuda" if device == "cuda" else "cpu")]
     if clients:
         plan = Plan(tuple(clients), plan.steps, plan.batch, plan.samples)
     print(f"\n## {width} ViT on {device}: tau = {plan.steps}, b = {plan.batch}, samples per client "
-          f"= {plan.samples or 'num_train / K'}, torch threads = {torch.get_num_threads()}")
+          f"= {plan.samples or 'num_train / K'}, torch threads = {torch.get_num_threads()}, "
+          f"sequential timed on {seq_clients or 'all K'} clients")
     print("|  K | sequential cs/s | batched cs/s | batched / sequential | peak MB seq | "
           "peak MB batched | load before | load after |")
     print("|---:|---:|---:|---:|---:|---:|---|---|")
     peaks = {}
     for k in plan.clients:
-        t = time_modes(width, k, plan, device, repeats)
-        peak = {m: peak_bytes_fresh(width, k, plan, device, m, threads) for m in MODES}
+        t = time_modes(width, k, plan, device, repeats, seq_clients)
+        peak = {m: peak_bytes_fresh(width, k, plan, device, m, threads,
+                                    seq_clients if m == "sequential" else None) for m in MODES}
         peaks[k] = peak["batched"]
         r = t["rate"]
-        print(f"| {k} | {r['sequential']:.1f} | {r['batched']:.1f} | "
+        print(f"| {k} | {r['sequential']:.3g} | {r['batched']:.3g} | "
               f"**{r['batched'] / r['sequential']:.2f}** | {peak['sequential'] / 2**20:.1f} | "
               f"{peak['batched'] / 2**20:.1f} | {t['load_before']} | {t['load_after']} |",
               flush=True)
@@ -247,12 +259,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: tsfa.fl.device.set_threads: all cores)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sequential-clients", type=int, default=None,
+                        help="time the sequential path on this many clients only (its "
+                             "client-steps/s does not depend on K); default: all K")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
-        width, k, plan, device, mode, threads = json.loads(args.memory_worker)
+        width, k, plan, device, mode, threads, clients = json.loads(args.memory_worker)
         set_threads(threads)
-        print(peak_bytes(width, k, Plan(**dict(plan, clients=tuple(plan["clients"]))), device, mode))
+        print(peak_bytes(width, k, Plan(**dict(plan, clients=tuple(plan["clients"]))), device, mode,
+                         clients))
         return
     threads = set_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -261,7 +277,8 @@ def main() -> None:
           f"load average {load()}")
     for device in devices:
         for width in args.widths:
-            run_width(width, device, args.clients, threads, args.repeats)
+            run_width(width, device, args.clients, threads, args.repeats,
+                      args.sequential_clients)
     print(f"\nload average at the end: {load()}")
 
 

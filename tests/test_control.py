@@ -200,6 +200,12 @@ def test_decision_carries_sent_and_planned_bits(system):
     assert d.latency_s[0] == kw["compute_s"][0]
     d2 = LyapunovController(**kw, payload=_StubPayload()).decide(np.full(k, 5.0), gains)
     np.testing.assert_array_equal(d2.planned_bits[1:], _StubPayload().bits(d2.rho[1:]))
+    from tsfa.config.spec import SystemSpec
+    from tsfa.maths.payload import PayloadModel
+
+    real = PayloadModel.from_spec(SystemSpec(), "soft", 16)  # priced per level n / r, exactly
+    d3 = LyapunovController(**kw, payload=real).decide(np.full(k, 5.0), gains)
+    np.testing.assert_array_equal(d3.planned_bits, np.where(d3.sent, real.bits(d3.rho), 0))
 
 
 def test_max_constraint_changes_decisions_and_meets_its_budget():

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tsfa.maths.bound import phi as phi_fn
+from tsfa.maths.payload import kept_components
 from tsfa.optim import P2Problem, SolveResult
 
 CONSTRAINTS = ("per_client", "max")
@@ -140,10 +141,19 @@ class BasePolicy:
         """Bits planned per client: ``payload.bits(rho)`` (or ``a rho + h``), 0 if deferred."""
         rho = np.asarray(rho, float)
         out = np.zeros(rho.shape)
-        if np.any(sent):
-            r = rho[sent]
-            out[sent] = (np.asarray(self.payload.bits(r), float) if self.payload is not None
-                         else self.slope_bits * r + self.head_bits)
+        if not np.any(sent):
+            return out
+        r = rho[sent]
+        if self.payload is None:
+            out[sent] = self.slope_bits * r + self.head_bits
+        elif hasattr(self.payload, "rank") and hasattr(self.payload, "ratios"):
+            # a PayloadModel counts n = max(1, ceil(rho r)) components: price the r levels once
+            # and index them (K distinct ratios would be K exact counts per round)
+            rank = int(self.payload.rank)
+            levels = np.asarray(self.payload.bits(np.arange(1, rank + 1) / rank), float)
+            out[sent] = levels[kept_components(rank, r) - 1]
+        else:
+            out[sent] = np.asarray(self.payload.bits(r), float)
         return out
 
     def decision(self, prob: P2Problem, rho, w, status, result=None, queues=None) -> Decision:

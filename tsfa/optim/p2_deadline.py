@@ -97,6 +97,12 @@ class _Senders:
         rho = np.clip(np.where(capped, rho_dl, rho_f), self.rho_min, 1.0)
         return rho, np.where(capped, 0.0, e), capped, rate
 
+    def logm_at(self, u, idx):
+        """:meth:`logm` on the clients ``idx`` only."""
+        sub = dataclasses.replace(self, g=self.g[idx], q=self.q[idx], pv=self.pv[idx],
+                                  slack=self.slack[idx], s_lo=self.s_lo[idx])
+        return sub.logm(u)
+
     def logm(self, u):
         """``log m(u)`` and ``d log m / d u`` of the marginal value of bandwidth (module doc)."""
         x = np.exp(u)
@@ -141,7 +147,7 @@ def waterfill_senders(p: P2Problem, mask: np.ndarray, s_lo: np.ndarray):
     s_one = required_share(sd.g, (sd.a_s + sd.h_s) / sd.slack)
     with np.errstate(divide="ignore"):
         kinks = np.where(np.isfinite(s_one) & (s_one > sd.s_lo), np.log(sd.g / s_one), np.nan)
-    s, lam, u, _ = waterfill(sd.logm, sd.g, sd.s_lo, active, kinks=kinks)
+    s, lam, u, _ = waterfill(sd.logm, sd.g, sd.s_lo, active, kinks=kinks, logm_at=sd.logm_at)
     s = np.maximum(s, sd.s_lo)
     s = s / s.sum()  # excess from round-off, or band nobody values (lambda = 0): spread it,
     s = np.maximum(s, sd.s_lo)  # which only shortens uploads

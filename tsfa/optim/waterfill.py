@@ -96,7 +96,7 @@ def rho_step(variant: str, pv, qa, rate, rho_min: float):
 
 
 def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_iter: int = 200,
-              kinks=None):
+              kinks=None, logm_at=None):
     """Bandwidth shares solving ``m_k(s_k) = lambda`` or ``s_k = s_min``, ``sum_k s_k = 1``.
 
     Problem (convex, separable, one coupling constraint; docs/model.md §4 w-step):
@@ -110,6 +110,8 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
         kinks: ``u`` (K,) where ``m`` may jump down as the share grows (``nan``: none); a client
             whose multiplier falls inside the jump is placed exactly there (the deadline
             solver's ``rho = 1`` points), instead of being bisected to it.
+        logm_at: ``(u_sub, idx) -> logm`` on the clients ``idx`` only; with it each inner
+            Newton step evaluates only the clients not yet converged (large K).
     Returns:
         ``(s, lam, u, iterations)``; ``lam`` is the multiplier in objective units per share.
     """
@@ -146,18 +148,25 @@ def waterfill(logm, g, s_min: float, active, u0=None, tol: float = 1e-13, max_it
             free = free & ~pin
         u = np.where(free, np.clip(u, lo, hi), np.where(at_min, u_hi, np.where(at_one, u_lo, u)))
         sl = np.ones(k)
+        todo = free.copy()  # free clients whose Newton step has not yet fallen below 1e-14
         for _ in range(max_iter):
-            val, sl = logm(u)
-            f = np.where(free, val - ell, 0.0)
-            lo = np.where(f < 0, u, lo)
-            hi = np.where(f > 0, u, hi)
-            un = u - f / sl
-            bad = ~((un >= lo) & (un <= hi))  # a step onto the bracket end is fine
-            un = np.where(free & bad, 0.5 * (lo + hi), un)
-            done = np.max(np.abs(un - u)) < 1e-14
-            u = un
-            if done:
+            idx = np.flatnonzero(todo)
+            if not idx.size:
                 break
+            if logm_at is not None and idx.size < k:
+                val, sl_i = logm_at(u[idx], idx)
+            else:
+                val, sl_i = (a[idx] for a in logm(u))
+            sl[idx] = sl_i
+            ui = u[idx]
+            f = val - ell
+            lo[idx] = np.where(f < 0, ui, lo[idx])
+            hi[idx] = np.where(f > 0, ui, hi[idx])
+            un = ui - f / sl_i
+            bad = ~((un >= lo[idx]) & (un <= hi[idx]))  # a step onto the bracket end is fine
+            un = np.where(bad, 0.5 * (lo[idx] + hi[idx]), un)
+            todo[idx] = np.abs(un - ui) >= 1e-14
+            u[idx] = un
         state["u"] = u
         s = np.clip(np.exp(log_g - u), s_min, 1.0)
         return s, free, sl

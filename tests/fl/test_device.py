@@ -44,11 +44,16 @@ def test_default_threads_rejects_bad_run_counts(bad):
         default_threads(bad, 4)
 
 
-def test_set_threads(restore_threads):
+def test_set_threads(restore_threads, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert set_threads(1) == 1 and torch.get_num_threads() == 1
     assert set_threads(10**6) == available_cores() == torch.get_num_threads()  # capped
     assert set_threads() == default_threads()
     assert set_threads(None, concurrent_runs=10**6) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting wins over the default
+    assert set_threads() == 1 == torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert set_threads() == default_threads()
     with pytest.raises(ValueError, match="threads = 0"):
         set_threads(0)
 

@@ -4,9 +4,13 @@ One place for the three settings every command and analysis script needs:
 
 * ``resolve_device("auto" | "cpu" | "cuda" | "mps")``: ``auto`` picks a GPU when one is present
   (CUDA, then Apple MPS), else the CPU; asking for an absent accelerator is an error naming it.
-* ``set_threads(n)``: torch intra-op threads. The default is the cores this process may use
-  divided by the number of runs sharing them (``concurrent_runs``), at least 1; a request for
-  more threads than cores is capped, so runs never oversubscribe the machine.
+* ``set_threads(n)``: torch intra-op threads. The default is ``OMP_NUM_THREADS`` when set, else
+  the cores this process may use divided by the number of runs sharing them (``concurrent_runs``),
+  at least 1; a request for more threads than cores is capped, so a run never oversubscribes the
+  machine by itself. Other processes' load is not taken into account (the thread count changes
+  float32 results in the last bits, so it must not depend on the moment): on a machine shared
+  with other CPU-bound work, say so with ``concurrent_runs`` or ``n`` (benchmarks/README.md:
+  two threads on two busy cores ran the sequential trainer 10-20x slower than one).
 * ``autocast(precision, device)``: ``"fp32"`` (nothing) or ``"bf16"`` (``torch.autocast``), for
   the local-training forward pass only; parameters and optimiser state stay in their dtype.
 
@@ -63,15 +67,20 @@ def default_threads(concurrent_runs: int = 1, cores: int | None = None) -> int:
     return max(1, cores // concurrent_runs)
 
 
+def _omp_num_threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
 def set_threads(n: int | None = None, concurrent_runs: int = 1) -> int:
     """Set torch's intra-op threads (process-wide) and return the number set.
 
-    ``n = None``: :func:`default_threads` (``concurrent_runs`` runs share the cores). An ``n``
-    above the available cores is capped to them. Call this once at the start of a command or
-    script instead of ``torch.set_num_threads``.
+    ``n = None``: ``OMP_NUM_THREADS`` if set, else :func:`default_threads` (``concurrent_runs``
+    runs share the cores). An ``n`` above the available cores is capped to them. Call this once
+    at the start of a command or script instead of ``torch.set_num_threads``.
     """
     if n is None:
-        n = default_threads(concurrent_runs)
+        n = _omp_num_threads() or default_threads(concurrent_runs)
     elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads = {n!r} is invalid; allowed: an integer >= 1 (or None: default)")
     n = min(n, available_cores())

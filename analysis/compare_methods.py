@@ -1,158 +1,217 @@
-"""All five uplink methods on the embedded synthetic task at the same budget (docs/model.md §6, §7).
+"""SOFT and every baseline compressor, read both ways, at equal values and equal bits, on two tasks
+(issue 13; docs/model.md §5-§6).
 
-Two groups of runs of the default :class:`~tsfa.config.experiment.RunConfig` (same rank, data,
-partition and fading draws per seed; only the compressor and the policy change):
+The grid (analysis/compare_grid.py) crosses the upload protocol and error feedback (``update+EF``,
+``factor`` without EF FedIT style, ``EF SOFT only``), the budget (equal values, equal bits), the
+compressor (SOFT, TLoRA, RLoRA, SLoRA, SVD, FFA, SOFT + row-space covariance correction, ILoRA),
+the policy (rho = 1/8 fixed, TSFA controller) and the rank (8; 32 for SOFT vs TLoRA), on the
+embedded synthetic task and on Fashion-MNIST with a pre-trained backbone, in priority tiers:
 
-* ``controller``: SOFT, TLoRA, RLoRA, SLoRA under the TSFA controller (the same latency budget
-  Tbar_k), and ILoRA (rho = 1, equal bandwidth, no latency constraint: the ideal reference);
-* ``rho=1/8``: SOFT, TLoRA, RLoRA at a fixed rho = 1/8 with equal bandwidth (no Lyapunov).
+1. SOFT vs TLoRA at rho = 1/8, update+EF and factor, both budgets, both tasks;
+2. the same under "EF SOFT only"; 3. the other compressors at rho = 1/8; 4. SOFT vs TLoRA
+   under TSFA; 5. SOFT vs TLoRA at r = 32; 6. the other compressors under TSFA.
 
-Results go to ``analysis/results/compare_methods/`` (``runs.csv`` one row per run, ``table.csv``
-mean and std per method, ``curves.csv`` accuracy per round, ``config.toml``, ``metadata.json``)
-and the table to ``docs/methods.md`` (its hand-written Notes are kept). Runs go through the run
-cache of :mod:`tsfa.experiments.cache` in ``--cache`` (a folder per resolved config; a finished
-run is reused), so re-running adds seeds or regenerates the table only. The findings are in
-docs/methods.md, Notes.
+Sizes (``--size``): ``quick`` (local steps 10, batch 16, T = 30; what fits in about an hour on 2
+shared cores for tier 1), ``paper`` (the default run: 20 local steps, batch 32, T = 100),
+``smoke`` (a few seconds, for the tests). Runs are cached in ``runs/compare_methods_<size>/``
+(a folder per resolved config, :mod:`tsfa.experiments.cache`); a finished run is never trained
+again, so the same command resumes a stopped sweep, and the tables are rewritten after every
+finished run: ``analysis/results/compare_methods_<size>/`` (``runs.csv`` one row per run,
+``table.csv`` per cell, ``paired.csv`` SOFT minus each method paired by seed with 95%
+t-intervals, ``separation.csv``, ``curves.csv`` mean accuracy per round and cell,
+``train_log.txt`` wall and CPU time and load average of every trained run) and
+``docs/methods.md`` (its hand-written "## Notes" are kept).
 
-    python analysis/compare_methods.py --seeds 0 1 2 --jobs 2
-
-``--task fashion_mnist`` runs the same comparison on the realistic offline protocol (backbone
-pre-trained once, before any run, into ``--cache`` and shared by every run and seed through
-``experiment.pretrained``); give it its own ``--out``; docs/methods.md is written for the
-synthetic task only. ``--rho-only`` runs ILoRA and the rho = 1/8 group, without ablations:
-
-    python analysis/compare_methods.py --task fashion_mnist --rho-only --rounds 20 --seeds 0 1 \
-        --jobs 1 --out analysis/results/fashion_rho
+    python analysis/compare_methods.py --size quick --jobs 2      # tier 1 first, then the rest
+    python analysis/compare_methods.py --size paper --jobs 2      # the full grid, default run
+    python analysis/compare_methods.py --size quick --table-only  # tables from finished runs
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import platform
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from tsfa.config.experiment import TASKS, RunConfig
-from tsfa.experiments.cache import CachedRun, lookup, run_many
-from tsfa.reporting.results import final_accuracy, prepare_dir, write_table
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_grid import (  # noqa: E402
+    BACKBONE,
+    FIXED_RHO,
+    SIZES,
+    TIER_NAMES,
+    base_config,
+    ensure_backbone,
+    plan,
+    run_grid,
+    run_path,
+)
+from compare_report import (  # noqa: E402
+    CELL,
+    TASK_NAMES,
+    cell_table,
+    grid_markdown,
+    paired,
+    paired_markdown,
+    separation,
+    separation_markdown,
+    summarise,
+)
+
+from tsfa.experiments.cache import lookup  # noqa: E402
+from tsfa.fl.device import set_threads  # noqa: E402
+from tsfa.reporting.results import prepare_dir, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "analysis" / "results" / "compare_methods"
 DOC = ROOT / "docs" / "methods.md"
-FIXED_RHO = 0.125
-RUNS = ([("controller", "ilora", "fixed")]
-        + [("controller", m, "tsfa") for m in ("soft", "tlora", "rlora", "slora")]
-        + [("rho=1/8", m, "fixed") for m in ("soft", "tlora", "rlora")])
-# ablations at rho = 1/8 (docs/model.md §5 variants), run for --ablation-seeds only
-ZETAS = {"0": 0.0, "1e-2": 1e-2, "1e-1": 1e-1, "1": 1.0}  # SOFT's orthogonality weight (default 1e-3)
-ABLATIONS = {"rho=1/8 normalised": {"soft.aggregation": "normalised"},
-             **{f"rho=1/8 zeta={z}": {"soft.zeta": v} for z, v in ZETAS.items()}}
-ABLATION_RUNS = ([("rho=1/8 normalised", m, "fixed") for m in ("soft", "tlora")]
-                 + [(f"rho=1/8 zeta={z}", "soft", "fixed") for z in ZETAS])
 
 
-def run_config(base: RunConfig, group: str, method: str, controller: str, seed: int) -> RunConfig:
-    """The base config with this run's method, policy and seed (ILoRA: rho = 1 in the loop)."""
-    changes = {"experiment.method": method, "experiment.controller": controller,
-               "experiment.seed": seed}
-    if group.startswith("rho=1/8"):
-        changes["experiment.rho"] = FIXED_RHO
-    changes.update(ABLATIONS.get(group, {}))
-    return base.replace(**changes)
+def collect(rows: list, store: Path):
+    """(runs, curves): one summary row per finished (cell, seed) and the per-round accuracy."""
+    runs, curves, read = [], [], {}
+    for cell, seed, cfg in rows:
+        path = run_path(cfg, store)
+        if path not in read:
+            read[path] = lookup(cfg, store)
+        run = read[path]
+        if run is None:
+            continue
+        key = {f: getattr(cell, f) for f in CELL}
+        runs.append({**summarise(run.rounds, run.clients, key, seed), "tier": cell.tier,
+                     "run": path.name})
+        curves.append(run.rounds[["round", "accuracy"]].assign(**key, seed=seed))
+    if not runs:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.DataFrame(runs), pd.concat(curves, ignore_index=True)
 
 
-def summarise(run: CachedRun, group: str, method: str, seed: int, last: int = 5) -> dict:
-    """One run's row: accuracy after the last round and over the last ``last`` rounds, bits per
-    client per round, mean latency against the mean budget, wall time."""
-    rounds, clients = run.rounds, run.clients
-    per_client = clients.groupby("client").agg(lat=("latency_s", "mean"),
-                                               budget=("budget_s", "mean"))
-    return {"group": group, "method": method, "seed": seed,
-            "final_accuracy": final_accuracy(rounds, last=1),
-            "last5_accuracy": final_accuracy(rounds, last=last),
-            "best_accuracy": float(rounds["accuracy"].max()),
-            "mean_rho": float(rounds["mean_rho"].mean()),
-            "bits_per_client_round": float(clients["bits"].mean()),
-            "mean_latency_s": float(clients["latency_s"].mean()),
-            "mean_budget_s": float(clients["budget_s"].mean()),
-            "clients_within_budget": int((per_client["lat"] <= per_client["budget"] * 1.001).sum()),
-            "num_clients": int(len(per_client)),
-            "rounds": int(len(rounds)),
-            "final_cov_fro": float(rounds["cov_fro"].iloc[-1]),
-            # SOFT's premise: importance order vs true singular values (NaN for other methods)
-            "kendall_tau_last5": float(rounds["kendall_tau"].iloc[-last:].mean()),
-            "wall_s": float(rounds["wall_s"].sum())}
+def findings(tab: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    """The generated conclusions: under which reading SOFT is above TLoRA, and the best
+    configuration per task, with the numbers."""
+    out = []
+    key = pairs[(pairs.method == "tlora") & (pairs.policy == "rho=1/8") & (pairs["rank"] == 8)]
+    for task, g in key.groupby("task", sort=False):
+        above = [f"{r.reading} / equal {r.budget} ({100 * r.diff:+.1f} points, 95% CI "
+                 f"[{100 * r.lo:+.1f}, {100 * r.hi:+.1f}])" for r in g.itertuples()
+                 if r.verdict == "SOFT above"]
+        below = [f"{r.reading} / equal {r.budget} ({100 * r.diff:+.1f} [{100 * r.lo:+.1f}, "
+                 f"{100 * r.hi:+.1f}])" for r in g.itertuples() if r.verdict == "SOFT below"]
+        level = [f"{r.reading} / equal {r.budget} ({100 * r.diff:+.1f} [{100 * r.lo:+.1f}, "
+                 f"{100 * r.hi:+.1f}])" for r in g.itertuples() if r.verdict == "not separated"]
+        name = TASK_NAMES.get(task, task)
+        out.append(f"- **{name}, rho = 1/8, r = 8, SOFT - TLoRA (paired, up to {g.seeds.max()} seeds)**: "
+                   f"the paper's ordering (SOFT above TLoRA, interval above 0) holds under "
+                   f"{'; '.join(above) if above else 'no reading'}. SOFT is below TLoRA under "
+                   f"{'; '.join(below) if below else 'no reading'}"
+                   + (f"; not separated under {'; '.join(level)}." if level else "."))
+    fixed = tab[(tab.policy == "rho=1/8") & (tab["rank"] == 8) & (tab.method != "ilora")]
+    for task, g in fixed.groupby("task", sort=False):
+        best = g.loc[g.acc_mean.idxmax()]
+        soft = g[g.method == "soft"]
+        sb = soft.loc[soft.acc_mean.idxmax()] if len(soft) else None
+        ilora = tab[(tab.task == task) & (tab.method == "ilora") & (tab["rank"] == 8)]
+        ref = f"; ILoRA (rho = 1) {ilora.acc_mean.iloc[0]:.3f}" if len(ilora) else ""
+        text = (f"- **{TASK_NAMES.get(task, task)}, best compressed configuration at rho = 1/8**: "
+                f"{best.method}, {best.reading}, equal {best.budget}: {best.acc_mean:.3f} "
+                f"({best.seeds} seed{'s' if best.seeds > 1 else ''}){ref}")
+        if sb is not None:
+            text += (f"; SOFT's best reading: {sb.reading} ({sb.acc_mean:.3f}); SOFT under "
+                     f"factor: {_acc_of(soft, 'factor')}")
+        out.append(text + ".")
+    return out
 
 
-def table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (group, method)."""
-    g = runs.groupby(["group", "method"], sort=False)
-    out = g.agg(seeds=("seed", "count"), acc_mean=("final_accuracy", "mean"),
-                acc_std=("final_accuracy", "std"), last5_mean=("last5_accuracy", "mean"),
-                last5_std=("last5_accuracy", "std"), mean_rho=("mean_rho", "mean"),
-                bits_per_client_round=("bits_per_client_round", "mean"),
-                mean_latency_s=("mean_latency_s", "mean"), mean_budget_s=("mean_budget_s", "mean"),
-                clients_within_budget=("clients_within_budget", "mean"),
-                final_cov_fro=("final_cov_fro", "mean"),
-                kendall_tau_last5=("kendall_tau_last5", "mean"), wall_s=("wall_s", "mean"))
-    return out.reset_index()
+def _acc_of(g: pd.DataFrame, reading: str) -> str:
+    r = g[g.reading == reading]
+    return f"{r.acc_mean.iloc[0]:.3f}" if len(r) else "not run"
 
 
-def markdown(tab: pd.DataFrame, base: RunConfig, seeds: list[int], machine: str) -> str:
-    """docs/methods.md: the table with date, machine and configuration."""
-    exp, sys_ = base.experiment, base.system
-    tr = sys_.training
+def _training(cfg) -> str:
+    tr, ex = cfg.system.training, cfg.experiment
+    return (f"{TASK_NAMES[ex.task]}: tau = {tr.local_steps} local steps of b = {tr.batch_size}, "
+            f"T = {tr.rounds} rounds, {ex.num_test:,} test samples")
+
+
+def markdown(size: str, tab, pairs, sep, runs, rows, machine: str, store: Path) -> str:
+    """docs/methods.md's generated part."""
+    base = base_config(size, "synthetic", store)
+    ex, sy = base.experiment, base.system
+    missing = sorted({(c.tier, c.task) for c, s, cfg in rows
+                      if not ((runs.run == run_path(cfg, store).name).any())})
+    tiers_missing = {}
+    for tier, task in missing:
+        tiers_missing.setdefault(tier, []).append(task)
+    n_unique = runs.drop_duplicates("run")
     lines = [
-        "# Methods compared on the embedded task",
+        "# Methods compared: both readings of SOFT, equal values and equal bits, two tasks",
         "",
-        "**tsfa reconstruction on the embedded synthetic task, not the paper's result.** "
-        "Generated by `python analysis/compare_methods.py` up to the Notes (which are written by "
-        "hand and kept when the script runs again); raw numbers in "
-        "`analysis/results/compare_methods/`.",
+        "**tsfa's reconstruction, not the paper's result.** Generated by "
+        f"`python analysis/compare_methods.py --size {size}` up to the Notes (written by hand and "
+        "kept when the script runs again); raw numbers in "
+        f"`analysis/results/compare_methods_{size}/`.",
         "",
         f"- Date: {datetime.now(UTC).date().isoformat()}; machine: {machine}.",
-        f"- Task: synthetic teacher (tsfa.fl.synthetic defaults, {exp.num_train} training "
-        f"samples), K = {sys_.clients.num_clients} clients, Dir({sys_.clients.dirichlet_alpha:g}) "
-        f"labels; LoRA r = {exp.rank}, lora_alpha = {exp.lora_alpha:g} on q, v; "
-        f"{exp.optimizer} lr {tr.learning_rate:g}, tau = {tr.local_steps} local steps, "
-        f"b = {tr.batch_size}, T = {tr.rounds} rounds; zeta = {sys_.soft.zeta:g} (SOFT only), "
-        f"aggregation {sys_.soft.aggregation}; error feedback for every method.",
-        f"- Seeds: {', '.join(map(str, seeds))} (data, partition, fading and client sampling per "
-        "seed are identical across methods).",
-        "- *controller*: SOFT, TLoRA, RLoRA and SLoRA under the TSFA Lyapunov controller with "
-        "the same per-client budget Tbar_k; ILoRA sends everything (rho = 1, equal bandwidth) "
-        "with no latency constraint (docs/model.md §6), so its latency exceeds the budget by design.",
-        f"- *rho=1/8*: fixed rho = {FIXED_RHO:g} for every client, equal bandwidth.",
-        "- accuracy: test accuracy after the last round (mean ± std over seeds); last 5: mean of "
-        "the last five rounds; bits: LoRA payload + head + indices per client per round; "
-        "latency: mean over clients and rounds of compute + upload time; within budget: clients "
-        "whose time-averaged latency is at most their Tbar_k; Kendall tau: agreement of the "
-        "norm-product order ||b_i|| ||a_i|| of the global factors with the true singular values "
-        "of B A, mean over modules and the last five rounds (1 = SOFT's premise, orthogonal "
-        "factors, holds; SLoRA re-factorises by SVD, so 1 by construction).",
+        f"- Size `{size}`: K = {sy.clients.num_clients} clients, Dir({sy.clients.dirichlet_alpha:g})"
+        f" labels, {ex.optimizer} lr {sy.training.learning_rate:g}, LoRA alpha "
+        f"{ex.lora_alpha:g} on q, v, zeta = {sy.soft.zeta:g} (SOFT); "
+        + "; ".join(_training(base_config(size, t, store)) for t in ("synthetic", "fashion_mnist"))
+        + f". {len(n_unique)} distinct runs finished, {n_unique.wall_s.sum() / 60:.0f} min of "
+        "training wall time summed over runs (1 torch thread per run, at most 2 runs at a time; per-run "
+        "wall, CPU and load in `train_log.txt`).",
+        f"- Tasks: the **embedded synthetic task** (teacher ViT, {ex.num_train:,} training samples, "
+        "tiny ViT of width 64, depth 4) and **Fashion-MNIST with a pre-trained backbone** (the "
+        "same tiny ViT pre-trained centrally on classes 0-4, 500 AdamW steps of 64 images, "
+        f"cached once as `{BACKBONE}` and shared by every run; federated LoRA on classes 5-9, "
+        f"{ex.num_train:,} training samples).",
+        "- Readings: *update+EF*: clients send sparsified factor changes, error feedback for every "
+        "method (tsfa's default); *EF SOFT only*: the same, error feedback for SOFT only "
+        "(`error_feedback = \"proposed\"`), the baselines without; *factor*: clients send their "
+        "sparsified local factors, no error feedback, global value where a client sent nothing "
+        "(FedIT style). Budget: *values* = SOFT's number of values; *bits* = SOFT's bits, index "
+        "bits included (SOFT and ILoRA are the same run under both; SOFT under *EF SOFT only* "
+        "is its *update+EF* run; ILoRA (rho = 1) is one run per seed, listed under every reading).",
+        f"- Policies: *rho=1/8*: fixed rho = {FIXED_RHO:g}, equal bandwidth; *TSFA*: the Lyapunov "
+        "controller with the same per-client latency budget for every method (each method "
+        "planned with its own payload model).",
+        "- Accuracy: mean test accuracy of the last 5 rounds, mean ± std over "
+        "seeds (0, 1, 2; the number in brackets when fewer finished). Same seed = same data, "
+        "partition, initial factors, fading and client sampling for every method; differences "
+        "are paired by seed, 95% Student-t interval over seeds, in accuracy points.",
         "",
-        "| group | method | seeds | accuracy | last 5 | mean rho | kbit / client / round "
-        "| mean latency s | budget s | within budget | Kendall tau |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for _, r in tab.iterrows():
-        sd = "" if np.isnan(r.acc_std) else f" ± {r.acc_std:.3f}"
-        sd5 = "" if np.isnan(r.last5_std) else f" ± {r.last5_std:.3f}"
-        lines.append(f"| {r.group} | {r.method} | {r.seeds} | {r.acc_mean:.3f}{sd} | "
-                     f"{r.last5_mean:.3f}{sd5} | {r.mean_rho:.3f} | "
-                     f"{r.bits_per_client_round / 1e3:.1f} | {r.mean_latency_s:.3f} | "
-                     f"{r.mean_budget_s:.3f} | {r.clients_within_budget:.1f}/"
-                     f"{sys_.clients.num_clients} | "
-                     f"{'' if np.isnan(r.kendall_tau_last5) else f'{r.kendall_tau_last5:.2f}'} |")
-    lines += ["", "## Issue 4 checks (computed from the table above)", ""]
-    lines += [f"- {text}: **{'met' if ok else 'not met'}** ({detail})"
-              for text, ok, detail in checks(tab)]
+    for task in [t for t in ("synthetic", "fashion_mnist") if t in set(tab.task)]:
+        lines += [f"## {TASK_NAMES[task]}: accuracy per cell", ""]
+        lines += grid_markdown(tab, task, list(tab.method.unique())) + [""]
+    lines += ["## Findings (computed from the tables)", ""] + findings(tab, pairs) + [""]
+    lines += ["## SOFT - TLoRA, paired by seed", ""]
+    lines += paired_markdown(pairs, ["tlora"]) + [""]
+    others = pairs[pairs.method != "tlora"]
+    if len(others) and len(pairs):
+        lines += ["## SOFT - every other method, paired by seed", ""]
+        lines += paired_markdown(others) + [""]
+    if len(sep):
+        lines += ["## Has T separated the methods? SOFT - TLoRA along training", "",
+                  "Paired SOFT - TLoRA accuracy (points, mean over the rounds of each window and "
+                  "the seeds), and each method's gain in mean accuracy from the middle to the last "
+                  "third of training (small gains: the curves have flattened).", ""]
+        lines += separation_markdown(sep) + [""]
+    lines += ["## Not run at this size", ""]
+    if tiers_missing:
+        for tier, tasks in sorted(tiers_missing.items()):
+            n = sum(1 for c, _, cfg in rows if c.tier == tier
+                    and not (runs.run == run_path(cfg, store).name).any())
+            lines.append(f"- tier {tier} ({TIER_NAMES[tier]}), {', '.join(tasks)}: {n} (cell, seed) "
+                         "pairs unfinished")
+        lines += ["", f"`python analysis/compare_methods.py --size {size} --jobs 2` continues the "
+                  "sweep (finished runs are reused); `--size paper` runs the grid at the "
+                  "default run's size."]
+    else:
+        lines.append("- nothing: the grid at this size is complete.")
     return "\n".join(lines) + "\n"
 
 
@@ -160,109 +219,74 @@ def write_doc(path: Path, generated: str) -> None:
     """Write the generated part of ``path``, keeping its hand-written "## Notes" section."""
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     notes = old[old.index("\n## Notes"):] if "\n## Notes" in old else ""
-    text = generated.rstrip("\n") + "\n\n" + notes.lstrip("\n") if notes else generated
-    path.write_text(text, encoding="utf-8")
+    path.write_text(generated.rstrip("\n") + "\n" + notes if notes else generated,
+                    encoding="utf-8")
 
 
-def checks(tab: pd.DataFrame) -> list[tuple[str, bool, str]]:
-    """Issue 4's ordering criteria, evaluated on the mean final accuracy (tie: within 1 std)."""
-    acc = {(g, m): (a, 0.0 if np.isnan(sd) else sd)
-           for g, m, a, sd in zip(tab.group, tab.method, tab.acc_mean, tab.acc_std, strict=True)}
-    out = []
-    ctrl = {m: v for (g, m), v in acc.items() if g == "controller"}
-    if "ilora" in ctrl:
-        best = max(ctrl, key=lambda m: ctrl[m][0])
-        tie = ctrl[best][0] - ctrl["ilora"][0] <= max(ctrl[best][1], ctrl["ilora"][1])
-        out.append(("ILoRA best or tied (within one std of the best)", best == "ilora" or tie,
-                    f"best {best} {ctrl[best][0]:.3f}, ILoRA {ctrl['ilora'][0]:.3f}"))
-        if "soft" in ctrl:
-            gap = ctrl["ilora"][0] - ctrl["soft"][0]
-            out.append(("SOFT within 2 accuracy points of ILoRA", gap <= 0.02,
-                        f"ILoRA - SOFT = {100 * gap:+.1f} points"))
-    fixed = {m: v for (g, m), v in acc.items() if g == "rho=1/8"}
-    if {"soft", "tlora", "rlora"} <= set(fixed):
-        s, t, r = (fixed[m][0] for m in ("soft", "tlora", "rlora"))
-        out.append(("SOFT above TLoRA and RLoRA at rho = 1/8", s > t and s > r,
-                    f"SOFT {s:.3f}, TLoRA {t:.3f}, RLoRA {r:.3f}"))
-    return out
+def report(size: str, rows: list, store: Path, out: Path, doc: Path | None) -> pd.DataFrame:
+    """Every table from the finished runs of ``rows``; returns the cell table."""
+    runs, curves = collect(rows, store)
+    if runs.empty:
+        return runs
+    tab, pairs = cell_table(runs), paired(runs)
+    sep = separation(curves)
+    load = os.getloadavg()[0]
+    machine = (f"{os.cpu_count()} CPU cores shared with other jobs, {platform.platform()}, Python "
+               f"{platform.python_version()}, load average {load:.1f} when the tables were written")
+    mean_curves = curves.groupby([*CELL, "round"], sort=False)["accuracy"].mean().reset_index()
+    prepare_dir(out, base_config(size, "synthetic", store).to_toml(), None, size=size,
+                machine=machine, runs=sorted(set(runs.run)))
+    for name, df in (("runs", runs), ("table", tab), ("paired", pairs), ("separation", sep),
+                     ("curves", mean_curves)):
+        write_table(df.round(5) if name == "curves" else df, out / f"{name}.csv")
+    if doc is not None:
+        write_doc(doc, markdown(size, tab, pairs, sep, runs, rows, machine, store))
+    return tab
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    ap.add_argument("--ablation-seeds", type=int, nargs="*", default=[0])
-    ap.add_argument("--jobs", type=int, default=2,
-                    help="parallel runs (the cores split between them)")
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="run folders (default runs/compare_methods, + _TASK for other tasks)")
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--doc", type=Path, default=DOC, help="written for the synthetic task only")
-    ap.add_argument("--rounds", type=int, default=None, help="override training.rounds")
-    ap.add_argument("--task", choices=TASKS, default="synthetic")
-    ap.add_argument("--rho-only", action="store_true",
-                    help="ILoRA and the rho = 1/8 group only, no ablations")
-    ap.add_argument("--table-only", action="store_true", help="summarise finished runs only")
+    ap.add_argument("--size", choices=SIZES, default="quick")
+    ap.add_argument("--tiers", type=int, nargs="*", default=None, help="default: the size's")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="default: 0 1 2")
+    ap.add_argument("--tasks", nargs="*", choices=("synthetic", "fashion_mnist"), default=None)
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
+    ap.add_argument("--store", type=Path, default=None,
+                    help="run cache (default runs/compare_methods_<size>)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="tables (default analysis/results/compare_methods_<size>)")
+    ap.add_argument("--doc", type=Path, default=DOC, help="generated markdown ('' for none)")
+    ap.add_argument("--table-only", action="store_true", help="tables from finished runs only")
     args = ap.parse_args(argv)
-    synthetic = args.task == "synthetic"
-    if not synthetic and args.out.resolve() == OUT.resolve():
-        raise SystemExit(f"--task {args.task}: give --out (not the synthetic results {OUT})")
-    if args.cache is None:
-        args.cache = ROOT / "runs" / ("compare_methods" + ("" if synthetic else f"_{args.task}"))
+    store = args.store or ROOT / "runs" / f"compare_methods_{args.size}"
+    out = args.out or ROOT / "analysis" / "results" / f"compare_methods_{args.size}"
+    doc = args.doc if str(args.doc) else None
+    store.mkdir(parents=True, exist_ok=True)
+    rows = plan(args.size, store, args.tiers, args.seeds, args.tasks)
+    # the tables show every finished run of the size's grid, whatever subset this call trains
+    seeds = sorted(set(SIZES[args.size]["seeds"]) | set(args.seeds or ()))
+    shown = plan(args.size, store, seeds=seeds)
 
-    base = RunConfig().replace(**{"experiment.task": args.task})
-    if args.rounds is not None:
-        base = base.replace(**{"training.rounds": args.rounds})
-    backbone = None
-    if args.task == "fashion_mnist":  # one backbone for every run and seed (tsfa.fl.tasks)
-        backbone = args.cache.resolve() / "backbone_fmnist_classes0-4.pt"
-        base = base.replace(**{"experiment.pretrained": str(backbone)})
-    runs_list = [r for r in RUNS if r[1] == "ilora" or r[0] == "rho=1/8"] if args.rho_only else RUNS
-    # seed-major order, so a partial sweep still has every method for the first seeds
-    plan = [(seed, run) for seed in args.seeds for run in runs_list]
-    if not args.rho_only:
-        plan += [(seed, run) for seed in args.ablation_seeds for run in ABLATION_RUNS]
-    cfgs = [run_config(base, group, method, controller, seed)
-            for seed, (group, method, controller) in plan]
-    if args.table_only:
-        found = [lookup(c, args.cache) for c in cfgs]
-    else:
-        if backbone is not None and not backbone.exists():  # pre-train once, before the runs
-            from tsfa.fl.build import run_task
+    def write():
+        report(args.size, shown, store, out, doc)
 
-            run_task(base)
-        found = run_many(cfgs, args.cache, jobs=args.jobs, log=lambda m: print(m, flush=True))
-    done = [(g, m, seed, run) for (seed, (g, m, _)), run in zip(plan, found, strict=True)
-            if run is not None]
-    if not done:
+    if not args.table_only:
+        set_threads(1)  # the backbone's pre-training, if needed, on one thread as the runs
+        for task in sorted({c.task for c, _, _ in rows}):
+            ensure_backbone(base_config(args.size, task, store))
+        log_path = out / "train_log.txt"
+        out.mkdir(parents=True, exist_ok=True)
+
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+            with log_path.open("a", encoding="utf-8") as f:
+                f.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {msg}\n")
+
+        run_grid([cfg for _, _, cfg in rows], store, args.jobs, log, on_done=write)
+    tab = report(args.size, shown, store, out, doc)
+    if tab.empty:
         raise SystemExit("no finished runs")
-    runs = pd.DataFrame([summarise(run, g, m, s) for g, m, s, run in done])
-    order = {(g, m): i for i, (g, m, _) in enumerate(RUNS + ABLATION_RUNS)}
-    runs = runs.iloc[np.argsort([order[(g, m)] * 1000 + s for g, m, s in
-                                 zip(runs.group, runs.method, runs.seed, strict=True)],
-                                kind="stable")]
-    curves = pd.concat([run.rounds[["round", "accuracy", "mean_rho", "mean_latency_s"]]
-                        .assign(group=g, method=m, seed=s) for g, m, s, run in done])
-    tab = table(runs)
-    seeds = sorted(runs.seed.unique().tolist())
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    machine = (f"{os.cpu_count()} CPU cores, {platform.platform()}, Python "
-               f"{platform.python_version()}, load average {load:.1f} at the end (shared machine)")
-    extra = {}
-    if backbone is not None:
-        sidecar = backbone.with_suffix(".json")
-        extra["backbone"] = {"path": str(backbone),
-                             "sha256": hashlib.sha256(backbone.read_bytes()).hexdigest(),
-                             "pretraining": json.loads(sidecar.read_text())
-                             if sidecar.exists() else None}
-    prepare_dir(args.out, base.to_toml(), None, seeds=seeds, fixed_rho=FIXED_RHO,
-                runs={f"{g} {m} seed {s}": run.path.name for g, m, s, run in done},
-                machine=machine, task=args.task, **extra)
-    write_table(runs, args.out / "runs.csv")
-    write_table(tab, args.out / "table.csv")
-    write_table(curves, args.out / "curves.csv")
-    if synthetic:
-        write_doc(args.doc, markdown(tab, base, seeds, machine))
-    print(tab.to_string(index=False))
+    print(tab[[*CELL, "seeds", "acc_mean", "acc_std"]].to_string(index=False))
 
 
 if __name__ == "__main__":

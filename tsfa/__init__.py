@@ -20,26 +20,15 @@ pandas or torch; the names below resolve on first use.
 
 from __future__ import annotations
 
-import importlib
+from tsfa._lazy import lazy_face
 
 __version__ = "0.2.0"
 
-_API = {
+__getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
     "tsfa.maths.bound": ("PHI_VARIANTS", "bound_terms", "eps_from_spectrum", "phi", "term_table"),
     "tsfa.maths.covariance": ("covariance_frobenius", "factor_covariance"),
     "tsfa.control.offline": ("optimal_rank", "rank_sensitivity", "rank_table", "relaxed_rank"),
     "tsfa.config.spec": ("SpecError", "SystemSpec", "load_spec"),
     "tsfa.maths.instance": ("SystemInstance", "realize"),
-}
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'tsfa' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+})
+__all__ += ["__version__"]

@@ -8,34 +8,22 @@ does not pull in torch. The curated public API below is resolved lazily (PEP 562
 
 from __future__ import annotations
 
-import importlib
+from tsfa._lazy import lazy_face
 
-_API = {
-    "aggregate": ("aggregate", "aggregate_factors", "aggregate_products", "fedavg",
-                  "refactorise", "uploaded_deltas"),
-    "compress": ("COMPRESSORS", "SOFT", "TLoRA", "RLoRA", "SLoRA", "SVD", "ILoRA", "FFA",
-                 "CompressOptions", "ErrorFeedback", "ModuleUpload", "Upload", "compressor_for",
-                 "decode", "encode_head", "decode_head", "head_bits", "make_compressor",
-                 "n_keep", "payload_bits", "reconstruct", "soft_importance", "soft_select",
-                 "with_error_feedback"),
-    "correction": ("fedex_residual", "row_space_correction"),
-    "data": ("ArrayDataset", "load_cifar100", "load_fashion_mnist", "read_idx", "select_classes"),
-    "lora": ("LoRALinear", "apply_lora", "get_factors", "set_factors", "get_head_state",
-             "set_head_state", "lora_modules", "orthogonality_defect", "soft_regulariser"),
-    "partition": ("class_histograms", "client_weights", "dirichlet_partition"),
-    "synthetic": ("SyntheticConfig", "SyntheticTask", "make_synthetic_task", "pretrain_backbone",
-                  "rank_floor", "oracle_accuracy"),
-    "vit": ("ViT", "ViTConfig", "flops_per_sample", "load_pretrained", "hf_to_tsfa_key"),
-}
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"tsfa.fl.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'tsfa.fl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
+    ".aggregate": ("aggregate", "aggregate_factors", "aggregate_products", "fedavg",
+                   "refactorise", "uploaded_deltas"),
+    ".compress": ("COMPRESSORS", "SOFT", "TLoRA", "RLoRA", "SLoRA", "SVD", "ILoRA", "FFA",
+                  "CompressOptions", "ErrorFeedback", "ModuleUpload", "Upload", "compressor_for",
+                  "decode", "encode_head", "decode_head", "head_bits", "make_compressor",
+                  "n_keep", "payload_bits", "reconstruct", "soft_importance", "soft_select",
+                  "with_error_feedback"),
+    ".correction": ("fedex_residual", "row_space_correction"),
+    ".data": ("ArrayDataset", "load_cifar100", "load_fashion_mnist", "read_idx", "select_classes"),
+    ".lora": ("LoRALinear", "apply_lora", "get_factors", "set_factors", "get_head_state",
+              "set_head_state", "lora_modules", "orthogonality_defect", "soft_regulariser"),
+    ".partition": ("class_histograms", "client_weights", "dirichlet_partition"),
+    ".synthetic": ("SyntheticConfig", "SyntheticTask", "make_synthetic_task", "pretrain_backbone",
+                   "rank_floor", "oracle_accuracy"),
+    ".vit": ("ViT", "ViTConfig", "flops_per_sample", "load_pretrained", "hf_to_tsfa_key"),
+})

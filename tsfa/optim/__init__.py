@@ -11,19 +11,11 @@ relaxation.
 
 from __future__ import annotations
 
-import importlib
+from tsfa._lazy import lazy_face
 
-_WHERE = {"solve_bcd": "p2_analytic", "solve_joint": "p2_analytic", "CvxpyP2": "p2_cvxpy",
-          "solve_cvxpy": "p2_cvxpy", "P2Problem": "problem", "kkt_residual": "problem",
-          "SolveResult": "result"}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"tsfa.optim.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'tsfa.optim' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
+    ".p2_analytic": ("solve_bcd", "solve_joint"),
+    ".p2_cvxpy": ("CvxpyP2", "solve_cvxpy"),
+    ".problem": ("P2Problem", "kkt_residual"),
+    ".result": ("SolveResult",),
+})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -181,6 +182,30 @@ def test_infeasible_bandwidth_floor_is_a_status_not_an_error():
 def test_validation_names_the_argument(field, value):
     with pytest.raises(ValueError, match=field):
         _base(**{field: value})
+
+
+def test_p2_constants_one_definition_for_problem_and_policy():
+    """P2Problem keeps its positional order (arrays, the P2Constants, deadline_s); a policy holds
+    the same validated constants and hands them to the round's problem."""
+    from tsfa.control.reference import EqualBandwidthPolicy
+    from tsfa.optim import P2Constants
+
+    def same(a, b):
+        return all(np.array_equal(getattr(a, f.name), getattr(b, f.name)) for f in fields(P2Problem))
+
+    p = _base()
+    const = P2Constants(SLOPE, HEAD, W_TOT, 1e3, 1 / 16)
+    assert same(P2Problem(p.weights.copy(), p.gamma_hz, p.queues, p.penalty_weights, p.compute_s,
+                          *const.p2_constants().values()), p)
+    k = 4
+    policy = EqualBandwidthPolicy(weights=np.full(k, 1 / k), compute_s=np.full(k, 10.0),
+                                  budget_s=np.full(k, 60.0), sparsity_weights=np.full(k, 5.0),
+                                  **const.p2_constants())
+    assert policy.p2_constants() == const.p2_constants() == p.p2_constants()
+    assert same(policy.problem(p.queues, p.gamma_hz), p)
+    with pytest.raises(ValueError, match="rho_min"):  # at creation, not at the first round
+        EqualBandwidthPolicy(weights=np.ones(k), compute_s=np.ones(k), budget_s=np.full(k, 2.0),
+                             sparsity_weights=np.ones(k), **{**const.p2_constants(), "rho_min": 0})
 
 
 def test_cvxpy_model_is_dpp_and_linear_is_refused():

@@ -22,7 +22,7 @@ import numpy as np
 
 from tsfa.maths.bound import phi as phi_fn
 from tsfa.maths.payload import kept_components
-from tsfa.optim import P2Problem, SolveResult
+from tsfa.optim import P2Constants, P2Problem, SolveResult
 
 CONSTRAINTS = ("per_client", "max")
 
@@ -55,9 +55,12 @@ def update_queues(queues, latency_s, budget_s) -> np.ndarray:
                       - np.asarray(budget_s, float), 0.0)
 
 
-@dataclass(frozen=True)
-class BasePolicy:
-    """System arrays shared by every policy; shapes (K,) or scalars; units in the names.
+@dataclass(frozen=True, kw_only=True)
+class BasePolicy(P2Constants):
+    """System arrays shared by every policy, built by keyword; shapes (K,) or scalars; units in
+    the names. The constants of P2 (``slope_bits``, ``head_bits``, ``total_bandwidth_hz``,
+    ``min_bandwidth_hz``, ``rho_min``, ``phi``) are those of :class:`~tsfa.optim.problem.P2Constants`
+    (validated there); the per-round :meth:`problem` carries them.
 
     ``sparsity_weights`` are ``Gamma_k`` (docs/notation.md: the controller's normalised weight,
     in s^2 per unit of ``p_k phi``); the P2 weight is ``penalty_weights = V Gamma_k``, the name
@@ -70,18 +73,13 @@ class BasePolicy:
     compute_s: np.ndarray
     budget_s: np.ndarray
     sparsity_weights: np.ndarray
-    slope_bits: float
-    head_bits: float
-    total_bandwidth_hz: float
-    min_bandwidth_hz: float
-    rho_min: float
-    phi: str = "inv"
     V: float = 1.0
     deadline_s: np.ndarray | None = None
     constraint: str = "per_client"
     payload: object | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         k = np.atleast_1d(np.asarray(self.weights, float)).size
         names = ["weights", "compute_s", "budget_s", "sparsity_weights"]
         if self.deadline_s is not None:
@@ -122,8 +120,7 @@ class BasePolicy:
         the per-client queues are 0 (the single queue enters through the max-latency term)."""
         q = queues if self.constraint == "per_client" else np.zeros(self.n_clients)
         return P2Problem(self.weights, gamma_hz, q, self.penalty_weights, self.compute_s,
-                         self.slope_bits, self.head_bits, self.total_bandwidth_hz,
-                         self.min_bandwidth_hz, self.rho_min, self.phi, self.deadline_s)
+                         deadline_s=self.deadline_s, **self.p2_constants())
 
     def update_queues(self, queues, latency_s) -> np.ndarray:
         """Virtual-queue update with this policy's budgets (module docstring)."""

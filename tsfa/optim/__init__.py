@@ -16,6 +16,6 @@ from tsfa._lazy import lazy_face
 __getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
     ".p2_analytic": ("solve_bcd", "solve_joint"),
     ".p2_cvxpy": ("CvxpyP2", "solve_cvxpy"),
-    ".problem": ("P2Problem", "kkt_residual"),
+    ".problem": ("P2Constants", "P2Problem", "kkt_residual"),
     ".result": ("SolveResult",),
 })

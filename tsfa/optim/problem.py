@@ -23,7 +23,7 @@ encodes deferral as ``w_k = 0``; :mod:`tsfa.optim.p2_deadline` chooses who defer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -46,8 +46,65 @@ def _vec(name: str, x, k: int | None) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class P2Problem:
+class P2Constants:
+    """The constants of P2 (docs/model.md §4): what stays fixed from round to round, shared by
+    :class:`P2Problem` and the policies that build one each round
+    (:class:`tsfa.control.base.BasePolicy`). Validated at creation.
+
+    Args:
+        slope_bits: a > 0, payload bits per unit rho.
+        head_bits: h >= 0, rho-independent bits.
+        total_bandwidth_hz: W_tot > 0 [Hz].
+        min_bandwidth_hz: w_min > 0 [Hz].
+        rho_min: 0 < rho_min <= 1 (1 / r).
+        phi: one of ``tsfa.maths.bound.PHI_VARIANTS``.
+    Raises:
+        ValueError naming the argument and its allowed range.
+    """
+
+    slope_bits: float
+    head_bits: float
+    total_bandwidth_hz: float
+    min_bandwidth_hz: float
+    rho_min: float
+    phi: str = "inv"
+
+    def __post_init__(self):
+        checks = {
+            "slope_bits": (self.slope_bits, "> 0", lambda x: x > 0),
+            "head_bits": (self.head_bits, ">= 0", lambda x: x >= 0),
+            "total_bandwidth_hz": (self.total_bandwidth_hz, "> 0", lambda x: x > 0),
+            "min_bandwidth_hz": (self.min_bandwidth_hz, "> 0", lambda x: x > 0),
+            "rho_min": (self.rho_min, "in (0, 1]", lambda x: 0 < x <= 1),
+        }
+        for name, (val, rng, ok) in checks.items():
+            if not (np.isfinite(val) and ok(float(val))):
+                raise ValueError(f"{name}: must be {rng}, got {val!r}")
+            object.__setattr__(self, name, float(val))
+        if self.phi not in PHI_VARIANTS:
+            raise ValueError(f"phi: must be one of {PHI_VARIANTS}, got {self.phi!r}")
+
+    def p2_constants(self) -> dict:
+        """The fields of :class:`P2Constants` by name (e.g. to build a :class:`P2Problem`)."""
+        return {f.name: getattr(self, f.name) for f in fields(P2Constants)}
+
+
+@dataclass(frozen=True)
+class _ClientArrays:
+    """The per-client arrays of P2, the first fields of :class:`P2Problem`."""
+
+    weights: np.ndarray
+    gamma_hz: np.ndarray
+    queues: np.ndarray
+    penalty_weights: np.ndarray
+    compute_s: np.ndarray
+
+
+@dataclass(frozen=True)
+class P2Problem(P2Constants, _ClientArrays):
     """One instance of P2 (docs/model.md §4). Arrays have shape (K,); scalars are broadcast.
+
+    Fields, in this order (dataclasses take the bases' fields in reverse method-resolution order):
 
     Args:
         weights: p_k >= 0 (aggregation weights; any nonnegative scale).
@@ -55,12 +112,8 @@ class P2Problem:
         queues: virtual queues Q_k >= 0 [s].
         penalty_weights: v_k = V Gamma_k >= 0 (already multiplied by V).
         compute_s: c_k >= 0 compute latency [s].
-        slope_bits: a > 0, payload bits per unit rho.
-        head_bits: h >= 0, rho-independent bits.
-        total_bandwidth_hz: W_tot > 0 [Hz].
-        min_bandwidth_hz: w_min > 0 [Hz].
-        rho_min: 0 < rho_min <= 1 (1 / r).
-        phi: one of ``tsfa.maths.bound.PHI_VARIANTS``.
+        slope_bits, head_bits, total_bandwidth_hz, min_bandwidth_hz, rho_min, phi: the
+            constants, :class:`P2Constants`.
         deadline_s: ``None`` (no deadline, no deferral: the original P2) or the per-round
             latency deadline D_k > 0 [s], (K,) or scalar; ``inf`` entries have none.
     Raises:
@@ -68,17 +121,6 @@ class P2Problem:
         error: solvers return status ``"infeasible"`` with that reason.
     """
 
-    weights: np.ndarray
-    gamma_hz: np.ndarray
-    queues: np.ndarray
-    penalty_weights: np.ndarray
-    compute_s: np.ndarray
-    slope_bits: float
-    head_bits: float
-    total_bandwidth_hz: float
-    min_bandwidth_hz: float
-    rho_min: float
-    phi: str = "inv"
     deadline_s: np.ndarray | None = None
 
     def __post_init__(self):
@@ -101,19 +143,7 @@ class P2Problem:
         for name, arr in arrays.items():
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
-        checks = {
-            "slope_bits": (self.slope_bits, "> 0", lambda x: x > 0),
-            "head_bits": (self.head_bits, ">= 0", lambda x: x >= 0),
-            "total_bandwidth_hz": (self.total_bandwidth_hz, "> 0", lambda x: x > 0),
-            "min_bandwidth_hz": (self.min_bandwidth_hz, "> 0", lambda x: x > 0),
-            "rho_min": (self.rho_min, "in (0, 1]", lambda x: 0 < x <= 1),
-        }
-        for name, (val, rng, ok) in checks.items():
-            if not (np.isfinite(val) and ok(float(val))):
-                raise ValueError(f"{name}: must be {rng}, got {val!r}")
-            object.__setattr__(self, name, float(val))
-        if self.phi not in PHI_VARIANTS:
-            raise ValueError(f"phi: must be one of {PHI_VARIANTS}, got {self.phi!r}")
+        super().__post_init__()
         if self.deadline_s is not None:
             dl = np.broadcast_to(np.asarray(self.deadline_s, float), (k,)).copy()
             if np.any(np.isnan(dl)) or np.any(dl <= 0):

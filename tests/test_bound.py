@@ -60,6 +60,16 @@ def test_phi_variants_and_derivatives_by_hand():
         bd.phi_derivative(0.5, "cube")
 
 
+def test_all_lists_every_public_name():
+    """``__all__`` (what the alias ``tsfa.bound`` re-exports) is every public name of the module."""
+    import types
+
+    public = {n for n, v in vars(bd).items() if not n.startswith("_")
+              and not isinstance(v, types.ModuleType) and getattr(v, "__module__", bd.__name__)
+              == bd.__name__ and n not in ("annotations", "TYPE_CHECKING")}
+    assert set(bd.__all__) == public
+
+
 def test_mean_phi_history_averages_rounds():
     hist = np.array([[0.25, 0.5, 1.0], [1.0, 1.0, 1.0]])  # round means 1.8 and 0
     assert bd.mean_phi(hist, WEIGHTS) == pytest.approx(0.9)

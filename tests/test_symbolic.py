@@ -195,6 +195,15 @@ def test_p2_objective_sums_clients():
     assert sy.sym("rho_2") not in drho.free_symbols  # separable in rho given w
 
 
+@pytest.mark.parametrize("variant", bd.PHI_VARIANTS)
+def test_phi_derivative_forms_are_sympys_derivatives(variant):
+    """Each hand-written d phi / d rho of bd.PHI_FORMS is SymPy's derivative of its phi."""
+    rho = sy.sym("rho")
+    f, df = bd.phi_form(variant)
+    assert sy.phi_expr(rho, variant) == f(rho)
+    assert sp.simplify(sp.diff(f(rho), rho) - df(rho)) == 0
+
+
 def test_unknown_phi_variant():
     with pytest.raises(ValueError, match="cube"):
         sy.phi_expr(sy.sym("rho"), "cube")

@@ -14,6 +14,7 @@ measurements that rejected the second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,38 +23,40 @@ from numpy.typing import ArrayLike
 if TYPE_CHECKING:
     import pandas as pd
 
-PHI_VARIANTS = ("inv", "inv_sq", "linear")
+#: phi(rho) and d phi / d rho per variant (docs/model.md §2), each written once in operations that
+#: numpy arrays and SymPy expressions share: :func:`phi` and :func:`phi_derivative` evaluate them,
+#: :func:`tsfa.maths.symbolic.phi_expr` builds the same formula symbolically (and tests/test_symbolic.py
+#: checks each derivative against SymPy's).
+PHI_FORMS: dict[str, tuple[Callable, Callable]] = {
+    "inv": (lambda rho: (1 - rho) / rho, lambda rho: -1 / rho**2),
+    "inv_sq": (lambda rho: (1 - rho) / rho**2, lambda rho: (rho - 2) / rho**3),
+    "linear": (lambda rho: 1 - rho, lambda rho: -(rho**0)),  # -1, shaped like rho
+}
+PHI_VARIANTS = tuple(PHI_FORMS)
 #: Forms of the covariance term (docs/model.md §2); the first is the spec's default.
 COV_FORMS = ("linear_hetero", "sqrt_r")
 
 
 # --------------------------------------------------------------------------- phi
+def phi_form(variant: str) -> tuple[Callable, Callable]:
+    """``(phi, d phi / d rho)`` of ``variant`` (:data:`PHI_FORMS`); ValueError naming an unknown one."""
+    if variant not in PHI_FORMS:
+        raise ValueError(f"phi variant {variant!r}: must be one of {', '.join(PHI_VARIANTS)}")
+    return PHI_FORMS[variant]
+
+
 def phi(rho: ArrayLike, variant: str = "inv") -> np.ndarray:
     """Sparsification error factor phi(rho) (docs/model.md §2), rho in (0, 1].
 
     ``inv``: (1 - rho) / rho (error feedback with contraction rho, default);
     ``inv_sq``: (1 - rho) / rho^2; ``linear``: 1 - rho. All are 0 at rho = 1, decreasing in rho.
     """
-    rho = np.asarray(rho, dtype=float)
-    if variant == "inv":
-        return (1.0 - rho) / rho
-    if variant == "inv_sq":
-        return (1.0 - rho) / rho**2
-    if variant == "linear":
-        return 1.0 - rho
-    raise ValueError(f"phi variant {variant!r}: must be one of {', '.join(PHI_VARIANTS)}")
+    return phi_form(variant)[0](np.asarray(rho, dtype=float))
 
 
 def phi_derivative(rho: ArrayLike, variant: str = "inv") -> np.ndarray:
     """d phi / d rho: ``-1/rho^2`` (inv), ``(rho - 2)/rho^3`` (inv_sq), ``-1`` (linear)."""
-    rho = np.asarray(rho, dtype=float)
-    if variant == "inv":
-        return -1.0 / rho**2
-    if variant == "inv_sq":
-        return (rho - 2.0) / rho**3
-    if variant == "linear":
-        return -np.ones_like(rho)
-    raise ValueError(f"phi variant {variant!r}: must be one of {', '.join(PHI_VARIANTS)}")
+    return phi_form(variant)[1](np.asarray(rho, dtype=float))
 
 
 # --------------------------------------------------------------------------- bound terms
@@ -284,3 +287,12 @@ def term_table(terms: dict, cov_form: str = "sqrt_r") -> tuple[pd.DataFrame, flo
         "share": [v / total if total > 0 else np.nan for v in values.values()],
     })
     return df, total
+
+
+__all__ = ["PHI_FORMS", "PHI_VARIANTS", "COV_FORMS", "phi_form", "phi", "phi_derivative",
+           "init_term", "noise_term", "drift_term", "covariance_term_sqrt_r",
+           "covariance_term_linear_hetero", "heterogeneity_factor", "covariance_term",
+           "covariance_magnitude", "sparsification_gamma", "mean_phi", "sparsification_term",
+           "rank_term", "eps_from_spectrum", "power_law_spectrum", "eps_power_law",
+           "eps_from_matrix", "fit_power_law", "COV_FORMULAS", "TERM_FORMULAS", "bound_terms",
+           "term_table"]

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sympy as sp
 
+from tsfa.maths.bound import phi_form
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -38,7 +40,6 @@ OFFLINE_PARAMETERS = ("Tbar", "Tcmp", "Rbar", "S_head", "q_b", "P", "eta", "tau"
                       "c3", "c4", "c5", "a", "b", "r")
 #: Arguments of the compiled rho-step (docs/model.md §4).
 RHO_STEP_PARAMETERS = ("V", "p_k", "Gamma", "R", "Q", "S_full")
-_PHI_VARIANTS = ("inv", "inv_sq", "linear")
 
 
 def sym(name: str) -> sp.Symbol:
@@ -47,14 +48,9 @@ def sym(name: str) -> sp.Symbol:
 
 
 def phi_expr(rho: sp.Expr, variant: str = "inv") -> sp.Expr:
-    """phi(rho) of docs/model.md §2: ``(1-rho)/rho`` (inv), ``(1-rho)/rho^2`` (inv_sq), ``1-rho``."""
-    if variant == "inv":
-        return (1 - rho) / rho
-    if variant == "inv_sq":
-        return (1 - rho) / rho**2
-    if variant == "linear":
-        return 1 - rho
-    raise ValueError(f"phi variant {variant!r}: must be one of {', '.join(_PHI_VARIANTS)}")
+    """phi(rho) of docs/model.md §2: ``(1-rho)/rho`` (inv), ``(1-rho)/rho^2`` (inv_sq), ``1-rho``;
+    the formula of :data:`tsfa.maths.bound.PHI_FORMS`, applied to a SymPy expression."""
+    return phi_form(variant)[0](rho)
 
 
 def rate_expr(w: sp.Expr | None = None, gamma: sp.Expr | None = None) -> sp.Expr:

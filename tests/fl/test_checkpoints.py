@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from tsfa.fl.checkpoints import (
+    HF_BLOCK_NAMES,
     CheckpointError,
     convert_checkpoint,
     load_pretrained,
@@ -140,6 +141,17 @@ def test_timm_names_load_and_give_the_same_logits(tmp_path):
                                                       for n in ("query", "key", "value"))
     with pytest.raises(CheckpointError, match="heads="):
         load_vit(tmp_path / "timm.pth")
+
+
+def test_both_transformers_namings_reach_every_block_parameter():
+    """The block rules of HF_KEY_MAP come from one table (HF_BLOCK_NAMES): the 4.x name
+    (``encoder.layer.{i}``, as saved) and the 5.x name (``layers.{i}``, in memory) of each block
+    parameter map to ours, and together they reach every parameter of one of our blocks."""
+    ours = {k for k in ViT(ViTConfig.tiny()).state_dict() if k.startswith("blocks.1.")}
+    for prefix, col in (("vit.encoder.layer.1.", 1), ("layers.1.", 2)):
+        mapped = [map_key(f"{prefix}{names[col]}.{p}") for names in HF_BLOCK_NAMES
+                  for p in ("weight", "bias")]
+        assert sorted(k for (k,) in mapped) == sorted(ours), prefix
 
 
 @pytest.mark.parametrize("damage", ["rename", "reshape", "both"])

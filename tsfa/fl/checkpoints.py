@@ -44,28 +44,27 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 TIMM_LAYER_NORM_EPS = 1e-6
 
+# A block's parameters: (our name in blocks.{i}, transformers 4.x name as save_pretrained writes it
+# under encoder.layer.{i}, transformers 5.x in-memory name (model.state_dict()) under layers.{i}).
+HF_BLOCK_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("norm1", "layernorm_before", "layernorm_before"),
+    ("attn.query", "attention.attention.query", "attention.q_proj"),
+    ("attn.key", "attention.attention.key", "attention.k_proj"),
+    ("attn.value", "attention.attention.value", "attention.v_proj"),
+    ("attn.out", "attention.output.dense", "attention.o_proj"),
+    ("norm2", "layernorm_after", "layernorm_after"),
+    ("mlp.fc1", "intermediate.dense", "mlp.fc1"),
+    ("mlp.fc2", "output.dense", "mlp.fc2"),
+)
 # (pattern, our name); the "vit." prefix is optional (ViTModel checkpoints omit it).
 HF_KEY_MAP: tuple[tuple[str, str], ...] = (
     (r"embeddings\.cls_token", "cls_token"),
     (r"embeddings\.position_embeddings", "pos_embed"),
     (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.\1"),
-    (r"encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)",
-     r"blocks.\1.attn.\2.\3"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.out.\2"),
-    (r"encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    *((rf"{layer}\.(\d+)\.{re.escape(names[col])}\.(weight|bias)", rf"blocks.\1.{names[0]}.\2")
+      for col, layer in ((1, r"encoder\.layer"), (2, "layers")) for names in HF_BLOCK_NAMES),
     (r"layernorm\.(weight|bias)", r"norm.\1"),
     (r"classifier\.(weight|bias)", r"head.\1"),
-    # transformers 5.x in memory (``model.state_dict()``; save_pretrained writes the names above)
-    (r"layers\.(\d+)\.attention\.q_proj\.(weight|bias)", r"blocks.\1.attn.query.\2"),
-    (r"layers\.(\d+)\.attention\.k_proj\.(weight|bias)", r"blocks.\1.attn.key.\2"),
-    (r"layers\.(\d+)\.attention\.v_proj\.(weight|bias)", r"blocks.\1.attn.value.\2"),
-    (r"layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.out.\2"),
-    (r"layers\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"layers\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"layers\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
 )
 # timm names that differ from ours; "{qkv}" marks the fused projection split in three.
 TIMM_KEY_MAP: tuple[tuple[str, str], ...] = (
@@ -391,7 +390,7 @@ def load_vit(path: str | Path, include_head: bool = False, generator: torch.Gene
     return model, report
 
 
-__all__ = ["CheckpointError", "LoadReport", "Checkpoint", "HF_KEY_MAP", "TIMM_KEY_MAP",
+__all__ = ["CheckpointError", "LoadReport", "Checkpoint", "HF_BLOCK_NAMES", "HF_KEY_MAP", "TIMM_KEY_MAP",
            "read_state_dict", "read_checkpoint", "read_config", "map_key", "hf_to_tsfa_key",
            "key_format", "resize_pos_embed", "expected_shapes", "config_mismatches",
            "convert_state_dict", "convert_checkpoint", "load_pretrained",

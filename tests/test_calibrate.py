@@ -143,6 +143,8 @@ def test_pilot_folder_round_trip_and_calibrated_toml(tmp_path, pilot):
         assert (path / name).is_file(), name
     back = load_pilot(path)
     assert back.config == pilot.config and back.context == pilot.context
+    assert "# optimiser steps of the central pilot trajectory; allowed: >= 1\nsteps = " in (
+        path / "config.toml").read_text(encoding="utf-8")  # each field with its meaning and range
     pd.testing.assert_frame_equal(back.checkpoints, pilot.checkpoints, check_dtype=False)
     cal = calibrate([path])
     text = cal.to_toml()
@@ -156,6 +158,14 @@ def test_pilot_folder_round_trip_and_calibrated_toml(tmp_path, pilot):
     assert np.exp(np.mean(np.log(ratio))) == pytest.approx(1.0)
     out = write_calibration(cal, tmp_path / "cal" / "spec.toml")
     assert out.is_file()
+
+
+@pytest.mark.parametrize("field,value,allowed", [("steps", 0, ">= 1"), ("minibatches", 1, ">= 2"),
+                                                 ("learning_rate", 0.0, "> 0"), ("seed", -1, ">= 0"),
+                                                 ("optimizer", "adam", "one of 'adamw', 'sgd'")])
+def test_pilot_config_errors_name_the_field_and_its_range(field, value, allowed):
+    with pytest.raises(ValueError, match=f"pilot.{field} = .*: must be {allowed}"):
+        PilotConfig(**{field: value})
 
 
 def test_load_pilot_names_missing_files(tmp_path):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from tsfa.config.fields import _f, _Section, section_toml_lines
 from tsfa.config.spec import SystemSpec, load_spec
 from tsfa.fl.lora import lora_modules, trainable_parameters
 from tsfa.fl.server import evaluate
@@ -49,38 +50,35 @@ GRADIENT_SPACES = ("product", "factors")
 
 
 @dataclass(frozen=True)
-class PilotConfig:
-    """Hyper-parameters of one pilot run (the LoRA rank is the model's own)."""
+class PilotConfig(_Section):
+    """Hyper-parameters of one pilot run (the LoRA rank is the model's own): validated fields of
+    :mod:`tsfa.config.fields` (an error names ``pilot.<field>`` and its range), written to the
+    folder's ``[pilot]`` table with their meaning and range (:func:`pilot_toml`)."""
 
-    steps: int = 60
-    checkpoints: int = 4
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    optimizer: str = "adamw"
-    local_steps: int = 5
-    minibatches: int = 32
-    pilot_samples: int = 4096
-    client_samples: int = 1024
-    test_samples: int = 1000
-    grad_chunk: int = 1024
-    gradient_space: str = "product"
-    seed: int = 0
+    SECTION = "pilot"
 
-    def __post_init__(self) -> None:
-        ok = {"steps": self.steps >= 1, "checkpoints": self.checkpoints >= 1,
-              "batch_size": self.batch_size >= 1, "learning_rate": self.learning_rate > 0,
-              "optimizer": self.optimizer in ("adamw", "sgd"), "local_steps": self.local_steps >= 1,
-              "minibatches": self.minibatches >= 2, "pilot_samples": self.pilot_samples >= 2,
-              "client_samples": self.client_samples >= 2, "test_samples": self.test_samples >= 1,
-              "grad_chunk": self.grad_chunk >= 1, "seed": self.seed >= 0,
-              "gradient_space": self.gradient_space in GRADIENT_SPACES}
-        for name, good in ok.items():
-            if not good:
-                allowed = "'adamw' or 'sgd'" if name == "optimizer" else (
-                    "'product' or 'factors'" if name == "gradient_space" else
-                    "> 0" if name == "learning_rate" else ">= 2" if name in (
-                        "minibatches", "pilot_samples", "client_samples") else ">= 1")
-                raise ValueError(f"pilot.{name} = {getattr(self, name)!r}: must be {allowed}")
+    steps: int = _f(60, "optimiser steps of the central pilot trajectory", "", 1, kind=int)
+    checkpoints: int = _f(4, "points of the trajectory where the statistics are measured", "", 1,
+                          kind=int)
+    batch_size: int = _f(32, "minibatch size (the run's)", "samples", 1, kind=int)
+    learning_rate: float = _f(3e-3, "learning rate of the pilot and the simulated round", "", 0.0,
+                              lo_open=True, kind=float)
+    optimizer: str = _f("adamw", "optimiser of the pilot and the simulated round",
+                        choices=("adamw", "sgd"), kind=str)
+    local_steps: int = _f(5, "local steps tau of each client in the simulated round", "", 1,
+                          kind=int)
+    minibatches: int = _f(32, "minibatch gradients per checkpoint (sigma^2, G^2)", "", 2, kind=int)
+    pilot_samples: int = _f(4096, "draws of the pooled client data (the pilot population)",
+                            "samples", 2, kind=int)
+    client_samples: int = _f(1024, "draws of each client's data (g_k, zeta_h^2; simulated round)",
+                             "samples", 2, kind=int)
+    test_samples: int = _f(1000, "test samples of the initial and final test loss", "samples", 1,
+                           kind=int)
+    grad_chunk: int = _f(1024, "samples per forward pass of a full-batch gradient (memory)",
+                         "samples", 1, kind=int)
+    gradient_space: str = _f("product", "where gradients are taken (GRADIENT_SPACES)",
+                             choices=GRADIENT_SPACES, kind=str)
+    seed: int = _f(0, "seed of the pilot's random substreams", "", 0, kind=int)
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,7 +310,7 @@ def _toml_value(v) -> str:
 def pilot_toml(result: PilotResult) -> str:
     """``[pilot]`` (the hyper-parameters) and ``[context]`` (model and task) as TOML."""
     lines = ["# tsfa pilot run (docs/model.md, Calibration); read by `tsfa calibrate`", "[pilot]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(result.config).items()]
+    lines += section_toml_lines(result.config)
     lines += ["", "[context]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.context.items()]
     return "\n".join(lines) + "\n"

@@ -44,15 +44,23 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import torch
+from tsfa._omp import passive_omp_wait
 
-from tsfa.config.experiment import RunConfig
-from tsfa.fl.batched import batched_local_train, sequential_local_train, uses_merged_weight
-from tsfa.fl.device import set_threads
-from tsfa.fl.lora import apply_lora, get_factors, get_head_state, lora_modules
-from tsfa.fl.synthetic import SyntheticConfig
-from tsfa.fl.vit import ViT, ViTConfig
+passive_omp_wait()  # as the tsfa command does, before torch loads (tsfa/_omp.py)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tsfa.config.experiment import RunConfig  # noqa: E402
+from tsfa.fl.batched import (  # noqa: E402
+    batched_local_train,
+    sequential_local_train,
+    uses_merged_weight,
+)
+from tsfa.fl.device import set_threads  # noqa: E402
+from tsfa.fl.lora import apply_lora, get_factors, get_head_state, lora_modules  # noqa: E402
+from tsfa.fl.synthetic import SyntheticConfig  # noqa: E402
+from tsfa.fl.vit import ViT, ViTConfig  # noqa: E402
 
 WIDTHS = {"tiny": lambda: SyntheticConfig().vit,
           "small": lambda: ViTConfig(224, 16, 3, 10, 384, 12, 6, 4.0),
@@ -274,7 +282,7 @@ def main() -> None:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} torch threads, GPU: {gpu}, "
-          f"load average {load()}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {load()}")
     for device in devices:
         for width in args.widths:
             run_width(width, device, args.clients, threads, args.repeats,

@@ -6,8 +6,12 @@ option or key and its allowed range. One module per group of commands: :mod:`tsf
 (spec, bound, rank, control), :mod:`tsfa.cli.train` (train, run), :mod:`tsfa.cli.figures`.
 """
 
-from tsfa.cli import calibrate, figures, plan, train  # noqa: F401  (registers the commands)
-from tsfa.cli.common import app
+from tsfa._omp import passive_omp_wait
+
+passive_omp_wait()  # before anything loads torch: idle OpenMP threads sleep instead of spinning
+
+from tsfa.cli import calibrate, figures, plan, train  # noqa: E402, F401  (registers the commands)
+from tsfa.cli.common import app  # noqa: E402
 
 
 def main() -> None:  # pragma: no cover - console entry point

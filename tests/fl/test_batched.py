@@ -195,3 +195,29 @@ def test_rejects_bad_arguments(bad):
         args["model"] = torch.nn.Linear(2, 2)
     with pytest.raises(TypeError if bad == "model" else ValueError):
         batched_local_train(**args)
+
+
+@pytest.mark.parametrize("frozen", [("A",), ("B",)])
+def test_frozen_factor_is_not_trained_and_paths_agree(frozen):
+    """A frozen factor (FFA-LoRA: A) keeps its value in both paths; the paths agree (float64)."""
+    model, data, factors, heads = setup(4, torch.float64)
+    factors = [[(b + 0.1, a) for b, a in f] for f in factors]  # B != 0: A gets a gradient
+    rngs = {p: [substream(0, "sampling", 0, k) for k in range(len(data))] for p in ("s", "b")}
+    seq = sequential_local_train(model, factors, heads, data, rngs["s"], 3, 8, LR, "adamw", 0.0,
+                                 frozen=frozen)
+    bat = batched_local_train(model, factors, heads, data, rngs["b"], 3, 8, LR, "adamw", 0.0,
+                              frozen=frozen)
+    assert max_diff(seq, bat) <= TOL[torch.float64]
+    i = 1 if frozen == ("A",) else 0
+    for out in (seq, bat):
+        for f_out, f_in in zip(out[0], factors, strict=True):
+            for m_out, m_in in zip(f_out, f_in, strict=True):
+                assert torch.equal(m_out[i], m_in[i]) and not torch.equal(m_out[1 - i], m_in[1 - i])
+
+
+def test_frozen_rejects_unknown_factor_names():
+    model, data, factors, heads = setup()
+    rngs = [substream(0, "sampling", 0, k) for k in range(len(data))]
+    with pytest.raises(ValueError, match="frozen"):
+        batched_local_train(model, factors, heads, data, rngs, 1, 8, LR, "adamw", 0.0,
+                            frozen=("C",))

@@ -13,7 +13,7 @@ import torch
 
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.local import LocalEngine
-from tsfa.fl.client import ClientState, ClientTask
+from tsfa.fl.client import Client, ClientState, ClientTask
 from tsfa.fl.compress import decode
 from tsfa.fl.metrics import uploaded_covariance
 from tsfa.fl.server import RoundPlan, ServerState
@@ -107,3 +107,26 @@ def test_the_deferred_update_arrives_with_the_next_upload():
 
 def test_a_client_state_holds_only_its_memory():
     assert [f.name for f in dataclasses.fields(ClientState)] == ["memory"]
+
+
+@pytest.mark.parametrize("clients", ["sequential", "batched"])
+def test_ffa_trains_b_and_the_head_only(clients, monkeypatch):
+    """FFA-LoRA freezes A in local training (not only on the uplink): every client's locally
+    trained A equals the global A exactly, in both pools, while B and the head move."""
+    seen = []
+    respond = Client.respond
+
+    def record(self, glob, local, state, task):
+        seen.append((glob, local))
+        return respond(self, glob, local, state, task)
+
+    monkeypatch.setattr(Client, "respond", record)
+    e = engine("ffa", clients, **{"experiment.rho": 1.0, "experiment.controller": "fixed"})
+    server, clients_ = e.initial_states()
+    for _ in range(2):
+        server, clients_, _ = e.round(server, clients_)
+    assert len(seen) == 2 * 3
+    for glob, local in seen:
+        for (b1, a1), (b0, a0) in zip(local.factors, glob.factors, strict=True):
+            assert torch.equal(a1, a0) and not torch.equal(b1, b0)
+        assert any(not torch.equal(local.head[k], glob.head[k]) for k in glob.head)

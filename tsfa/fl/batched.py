@@ -40,6 +40,7 @@ from tsfa.fl.device import autocast
 from tsfa.fl.lora import (
     Factors,
     LoRALinear,
+    frozen_names,
     get_factors,
     get_head_state,
     lora_modules,
@@ -222,8 +223,8 @@ def _optimizer(params: list[Tensor], optimizer: str, lr: float) -> torch.optim.O
 def batched_local_train(model: ViT, factors: Sequence[Factors], heads: Sequence[dict[str, Tensor]],
                         data: Sequence[tuple[Tensor, Tensor]], rngs: Sequence[np.random.Generator],
                         steps: int, batch: int, lr: float, optimizer: str, zeta: float,
-                        precision: str = "fp32") -> tuple[list[Factors], list[dict[str, Tensor]],
-                                                          list[float]]:
+                        precision: str = "fp32", frozen: tuple[str, ...] = (),
+                        ) -> tuple[list[Factors], list[dict[str, Tensor]], list[float]]:
     """K clients' local training at once; for each k the same as
 
         set_factors(model, factors[k]); set_head_state(model, heads[k])
@@ -233,7 +234,8 @@ def batched_local_train(model: ViT, factors: Sequence[Factors], heads: Sequence[
     but without touching the model's own LoRA factors or head (the backbone is only read).
     ``data[k]``: client k's (x (N_k, C, H, W), y (N_k,)) on any device (minibatches are moved to
     the model's); ``rngs[k]`` advances exactly as in the sequential path. ``precision``: "fp32"
-    (the model's dtype) or "bf16" (autocast for the forward pass). Returns per client the trained
+    (the model's dtype) or "bf16" (autocast for the forward pass); ``frozen``: factors not trained
+    (("A",): FFA-LoRA, A keeps its value and gets no gradient). Returns per client the trained
     factors, head state and last task loss (nan if ``steps`` = 0 or on the meta device).
     """
     if not isinstance(model, ViT):
@@ -243,9 +245,11 @@ def batched_local_train(model: ViT, factors: Sequence[Factors], heads: Sequence[
         raise ValueError(f"factors, heads, data, rngs: {len(factors)}, {len(heads)}, {len(data)}, "
                          f"{len(rngs)} entries; allowed: the same number K >= 1 of clients")
     device = model.head.weight.device
-    stacked = [(b.requires_grad_(), a.requires_grad_()) for b, a in stack_factors(factors, model)]
+    names = frozen_names(frozen)
+    stacked = [(b.requires_grad_("lora_B" not in names), a.requires_grad_("lora_A" not in names))
+               for b, a in stack_factors(factors, model)]
     head = {k: v.requires_grad_() for k, v in stack_heads(heads, model.head).items()}
-    params = [p for pair in stacked for p in pair] + list(head.values())
+    params = [p for pair in stacked for p in pair if p.requires_grad] + list(head.values())
     opt = _optimizer(params, optimizer, lr)
     forward = _Forward(model, stacked, head)
     model.train()
@@ -268,11 +272,14 @@ def sequential_local_train(model: ViT, factors: Sequence[Factors],
                            heads: Sequence[dict[str, Tensor]], data: Sequence[tuple[Tensor, Tensor]],
                            rngs: Sequence[np.random.Generator], steps: int, batch: int, lr: float,
                            optimizer: str, zeta: float, precision: str = "fp32",
+                           frozen: tuple[str, ...] = (),
                            ) -> tuple[list[Factors], list[dict[str, Tensor]], list[float]]:
     """The reference: ``local_train`` for each client in turn on ``model`` (same arguments and
     results as :func:`batched_local_train`; leaves the last client's state in the model)."""
     local_train = _reference_local_train()
-    extra = {} if precision == "fp32" else {"precision": precision}
+    frozen_names(frozen)  # checked before any training
+    extra = ({} if precision == "fp32" else {"precision": precision}) | (
+        {"frozen": tuple(frozen)} if frozen else {})
     out = []
     for f, h, (x, y), rng in zip(factors, heads, data, rngs, strict=True):
         set_factors(model, f)
@@ -283,10 +290,8 @@ def sequential_local_train(model: ViT, factors: Sequence[Factors],
 
 
 def _reference_local_train():
-    try:  # the client side of the loop (imported here: the loop may import this module)
-        from tsfa.fl.client import local_train
-    except ImportError:
-        from tsfa.fl.loop import local_train
+    from tsfa.fl.client import local_train  # the client side (imported late: no cycle)
+
     return local_train
 
 

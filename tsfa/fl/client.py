@@ -33,6 +33,7 @@ from tsfa.fl.compress import Compressor, Upload, compressor_for, encode_head, he
 from tsfa.fl.device import autocast
 from tsfa.fl.lora import (
     Factors,
+    frozen_names,
     get_factors,
     get_head_state,
     set_factors,
@@ -59,14 +60,17 @@ class ClientSettings:
     optimizer: str
     zeta: float
     precision: str = "fp32"
+    frozen: tuple[str, ...] = ()  # factors not trained locally: ("A",) for FFA-LoRA
 
     @classmethod
     def of(cls, cfg: RunConfig, precision: str = "fp32") -> ClientSettings:
+        from tsfa.fl.compress import COMPRESSORS
+
         exp, sys_ = cfg.experiment, cfg.system
         tr = sys_.training
         zeta = sys_.soft.zeta if exp.method == "soft" else 0.0
         return cls(exp.seed, tr.local_steps, tr.batch_size, tr.learning_rate, exp.optimizer,
-                   zeta, precision)
+                   zeta, precision, COMPRESSORS[exp.method].frozen)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,10 +127,12 @@ class ClientUpdate:
 
 def local_train(model: ViT, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float,
                 optimizer: str, zeta: float, rng: np.random.Generator,
-                precision: str = "fp32") -> float:
+                precision: str = "fp32", frozen: tuple[str, ...] = ()) -> float:
     """tau local steps on one client's data; loss = CE + zeta sum_m R(B_m, A_m) (docs/model.md §5).
-    Returns the last task loss. A fresh optimizer each round (no optimizer state on the air)."""
-    params = [p for _, p in trainable_parameters(model)]
+    Returns the last task loss. A fresh optimizer each round (no optimizer state on the air).
+    ``frozen``: LoRA factors left at their value ("A": FFA-LoRA trains B and the head only)."""
+    params = [p for name, p in trainable_parameters(model)
+              if name.rsplit(".", 1)[-1] not in frozen_names(frozen)]
     opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adamw"
            else torch.optim.SGD(params, lr=lr))
     model.train()
@@ -185,7 +191,7 @@ class Client:
         set_factors(self.model, glob.factors)
         set_head_state(self.model, glob.head)
         loss = local_train(self.model, *self.data, s.local_steps, s.batch_size, s.learning_rate,
-                           s.optimizer, s.zeta, self.sampling_rng(t), s.precision)
+                           s.optimizer, s.zeta, self.sampling_rng(t), s.precision, s.frozen)
         return LocalResult(get_factors(self.model), get_head_state(self.model), loss)
 
     def respond(self, glob: GlobalModel, local: LocalResult, state: ClientState,

@@ -155,6 +155,14 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-__all__ = ["Factors", "LoRALinear", "apply_lora", "lora_modules", "get_factors", "set_factors",
-           "get_head_state", "set_head_state", "orthogonality_defect", "soft_regulariser",
+def frozen_names(frozen: tuple[str, ...]) -> set[str]:
+    """Parameter names (``lora_A``, ``lora_B``) of the factors in ``frozen``, a subset of
+    ("A", "B"): the factors a method does not train (FFA-LoRA: ("A",))."""
+    if isinstance(frozen, str) or not set(frozen) <= {"A", "B"}:
+        raise ValueError(f"frozen = {frozen!r} is invalid; allowed: a subset of ('A', 'B')")
+    return {f"lora_{f}" for f in frozen}
+
+
+__all__ = ["frozen_names", "Factors", "LoRALinear", "apply_lora", "lora_modules", "get_factors",
+           "set_factors", "get_head_state", "set_head_state", "orthogonality_defect", "soft_regulariser",
            "trainable_parameters"]

@@ -44,7 +44,8 @@ class BatchedPool(SequentialPool):
         factors, heads, losses = batched_local_train(
             c0.model, [glob.factors] * k, [glob.head] * k, [c.data for c in self.clients],
             [c.sampling_rng(task.round) for c, task in zip(self.clients, tasks, strict=True)],
-            s.local_steps, s.batch_size, s.learning_rate, s.optimizer, s.zeta, s.precision)
+            s.local_steps, s.batch_size, s.learning_rate, s.optimizer, s.zeta, s.precision,
+            s.frozen)
         return [c.respond(glob, LocalResult(f, h, loss), st, task) for c, f, h, loss, st, task
                 in zip(self.clients, factors, heads, losses, states, tasks, strict=True)]
 

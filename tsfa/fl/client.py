@@ -131,8 +131,8 @@ def local_train(model: ViT, x: torch.Tensor, y: torch.Tensor, steps: int, batch:
     """tau local steps on one client's data; loss = CE + zeta sum_m R(B_m, A_m) (docs/model.md §5).
     Returns the last task loss. A fresh optimizer each round (no optimizer state on the air).
     ``frozen``: LoRA factors left at their value ("A": FFA-LoRA trains B and the head only)."""
-    params = [p for name, p in trainable_parameters(model)
-              if name.rsplit(".", 1)[-1] not in frozen_names(frozen)]
+    skip = frozen_names(frozen)
+    params = [p for name, p in trainable_parameters(model) if name.rsplit(".", 1)[-1] not in skip]
     opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adamw"
            else torch.optim.SGD(params, lr=lr))
     model.train()

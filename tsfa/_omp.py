@@ -6,7 +6,7 @@ from the ones with work, and a run slows by several times (measured, benchmarks/
 one round of the default run 1.9 s alone, 6.0 s beside one busy process with 2 torch threads;
 3.2 s with ``OMP_WAIT_POLICY=PASSIVE``, which costs about 5% alone). The policy is read once,
 when the OpenMP runtime loads with torch, so it must be in the environment before ``import
-torch``: the ``tsfa`` command and the training scripts call :func:`passive_omp_wait` first.
+torch``: the ``tsfa`` command and ``benchmarks/bench_trainer.py`` call :func:`passive_omp_wait` first.
 """
 
 from __future__ import annotations

@@ -277,14 +277,12 @@ def sequential_local_train(model: ViT, factors: Sequence[Factors],
     """The reference: ``local_train`` for each client in turn on ``model`` (same arguments and
     results as :func:`batched_local_train`; leaves the last client's state in the model)."""
     local_train = _reference_local_train()
-    frozen_names(frozen)  # checked before any training
-    extra = ({} if precision == "fp32" else {"precision": precision}) | (
-        {"frozen": tuple(frozen)} if frozen else {})
     out = []
     for f, h, (x, y), rng in zip(factors, heads, data, rngs, strict=True):
         set_factors(model, f)
         set_head_state(model, h)
-        loss = local_train(model, x, y, steps, batch, lr, optimizer, zeta, rng, **extra)
+        loss = local_train(model, x, y, steps, batch, lr, optimizer, zeta, rng, precision,
+                           tuple(frozen))
         out.append((get_factors(model), get_head_state(model), loss))
     return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
 

@@ -7,9 +7,10 @@ compressor (SOFT, TLoRA, RLoRA, SLoRA, SVD, FFA, SOFT + row-space covariance cor
 the policy (rho = 1/8 fixed, TSFA controller) and the rank (8; 32 for SOFT vs TLoRA), on the
 embedded synthetic task and on Fashion-MNIST with a pre-trained backbone, in priority tiers:
 
-1. SOFT vs TLoRA at rho = 1/8, update+EF and factor, both budgets, both tasks;
-2. the same under "EF SOFT only"; 3. the other compressors at rho = 1/8; 4. SOFT vs TLoRA
-   under TSFA; 5. SOFT vs TLoRA at r = 32; 6. the other compressors under TSFA.
+1. SOFT vs TLoRA at rho = 1/8, update+EF and factor, equal values; 2. the same at equal bits;
+3. the same under "EF SOFT only"; 4. the other compressors at rho = 1/8; 5. SOFT vs TLoRA under
+   TSFA; 6. SOFT vs TLoRA at r = 32; 7. the other compressors under TSFA (``TIER_NAMES`` in
+   analysis/compare_grid.py; tier 6 on the embedded task, the others on both).
 
 Sizes (``--size``): ``quick`` (local steps 10, batch 16, T = 30; what fits in about an hour on 2
 shared cores for tier 1), ``paper`` (the default run: 20 local steps, batch 32, T = 100),

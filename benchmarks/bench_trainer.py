@@ -11,21 +11,30 @@ alike:
 * batched: ``tsfa.fl.batched.batched_local_train`` (every client in one computation).
 
 It prints client-steps per second (K tau / wall time of the call, median of the repeats), the
-speed-up batched / sequential, the peak memory of one call above what was allocated before it
-(CPU: the peak RSS, VmHWM, of a fresh subprocess per measurement, reset just before the call,
-minus its RSS then; CUDA:
-``torch.cuda.max_memory_allocated`` minus the allocation before) and ``os.getloadavg()`` before
-and after each timing. Per width it also prints the memory model of the batched trainer,
+speed-up batched / sequential, the peak memory of one call above what was allocated before it,
+counted two ways on the CPU: *tensor* bytes (the running sum of torch's allocations and frees
+recorded by ``torch.profiler`` with ``profile_memory=True``: what the tensors need, independent
+of the allocator) and *RSS* (the peak RSS, VmHWM, of a fresh subprocess per measurement, reset
+just before the call, minus its RSS then: what the process costs the machine, allocator caching
+and page rounding included); on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation
+before (tensor bytes). It prints ``os.getloadavg()`` before and after each timing. Per width it
+also prints the memory model of the batched trainer, in tensor bytes,
 
     peak(K) - peak(K1) ~= (K - K1) (S_state + S_merged + b a),
-    S_state  = 4 e (P_lora + P_head)     parameters, gradients, AdamW's two moments (e bytes each)
-    S_merged = 2 e sum_m d_out d_in      per-client merged weights W0 + s B A and their gradients
-                                         (only where that form is used, see tsfa.fl.batched)
-    a        = peak bytes per sample     the minibatch, activations kept for the backward pass and
-                                         its transients; measured at K1 from batch b to 2 b,
+    S_state  = (1 + m) e (P_lora + P_head)  parameters and the optimiser's m moments (AdamW 2,
+                                            SGD 0), e bytes each
+    S_merged = e sum_m d_out d_in           per-client merged weights W0 + s B A (only where that
+                                            form is used, see tsfa.fl.batched)
+    a        = peak bytes per sample        the minibatch and the activations kept for the
+                                            backward pass; measured at K1 from batch b to 2 b.
 
-and the slope it predicts against the measured one. The small and base widths use few samples
-and steps on the CPU (seconds per step). Run as a script (a GPU user runs it as is):
+The peak falls at the start of a backward pass: every activation is saved and no gradient exists
+yet (``zero_grad(set_to_none=True)`` before it; the gradients of the parameters and of the merged
+weights appear while the activations are freed), so gradients are not in the slope.
+
+and the slope it predicts against the measured one (tensor bytes; the RSS slope beside it). The
+small and base widths use few samples and steps on the CPU (seconds per step). Run as a script
+(a GPU user runs it as is):
 
     python benchmarks/bench_trainer.py [--widths tiny small base] [--devices cpu cuda]
                                        [--clients 10 50] [--threads 2] [--repeats 3]
@@ -196,6 +205,28 @@ def peak_bytes(width: str, k_clients: int, plan: Plan, device: str, mode: str,
     return float(_rss_and_peak()[1] - before)
 
 
+def tensor_peak_bytes(width: str, k_clients: int, plan: Plan, device: str, mode: str,
+                      clients: int | None = None) -> float:
+    """Peak tensor bytes of one call above those allocated before it, after a one-step warm-up:
+    CUDA ``max_memory_allocated``; CPU the running sum of the allocations and frees that
+    ``torch.profiler`` records (``profile_memory=True``), its maximum over the call."""
+    if device == "cuda":
+        return peak_bytes(width, k_clients, plan, device, mode, clients)
+    from torch.profiler import ProfilerActivity, profile
+
+    _, args = setup(width, k_clients, plan, device)
+    call(mode, args, steps=1, clients=clients)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call(mode, args, clients=clients)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    now = peak = 0
+    for _, nbytes in events:
+        now += nbytes
+        peak = max(peak, now)
+    return float(peak)
+
+
 def peak_bytes_fresh(width: str, k_clients: int, plan: Plan, device: str, mode: str,
                      threads: int, clients: int | None = None) -> float:
     """:func:`peak_bytes` in a fresh interpreter (CPU: the peak RSS is per process)."""
@@ -209,19 +240,22 @@ def peak_bytes_fresh(width: str, k_clients: int, plan: Plan, device: str, mode: 
 
 def memory_model(width: str, plan: Plan, device: str, threads: int) -> dict:
     """The per-client terms of the memory model (module docstring), in bytes: S_state, S_merged,
-    and a, the peak bytes per sample, measured at K = min(plan.clients) from batch b to 2 b."""
+    and a, the peak tensor bytes per sample, measured at K = min(plan.clients) from batch b to
+    2 b."""
     model, _ = setup(width, 1, plan, device)
     e = model.head.weight.element_size()
     lora = [m for _, m in lora_modules(model)]
     p_client = sum(m.lora_A.numel() + m.lora_B.numel() for m in lora)
     p_client += sum(p.numel() for p in model.head.parameters())
-    merged = 2 * e * sum(m.base.weight.numel() for m in lora if uses_merged_weight(m))
+    merged = e * sum(m.base.weight.numel() for m in lora if uses_merged_weight(m))
+    moments = {"adamw": 2, "sgd": 0}[RunConfig().experiment.optimizer]
+    state = (1 + moments) * e * p_client
     k1, b = min(plan.clients), plan.batch
     double = Plan(plan.clients, plan.steps, 2 * b, plan.samples)
-    per_sample = (peak_bytes_fresh(width, k1, double, device, "batched", threads)
-                  - peak_bytes_fresh(width, k1, plan, device, "batched", threads)) / (k1 * b)
-    return {"params": p_client, "state": 4 * e * p_client, "merged": merged, "a": per_sample,
-            "slope": 4 * e * p_client + merged + b * per_sample}
+    per_sample = (tensor_peak_bytes(width, k1, double, device, "batched")
+                  - tensor_peak_bytes(width, k1, plan, device, "batched")) / (k1 * b)
+    return {"params": p_client, "moments": moments, "state": state, "merged": merged,
+            "a": per_sample, "slope": state + merged + b * per_sample}
 
 
 def run_width(width: str, device: str, clients, threads: int, repeats: int,
@@ -232,29 +266,36 @@ def run_width(width: str, device: str, clients, threads: int, repeats: int,
     print(f"\n## {width} ViT on {device}: tau = {plan.steps}, b = {plan.batch}, samples per client "
           f"= {plan.samples or 'num_train / K'}, torch threads = {torch.get_num_threads()}, "
           f"sequential timed on {seq_clients or 'all K'} clients")
-    print("|  K | sequential cs/s | batched cs/s | batched / sequential | peak MB seq | "
-          "peak MB batched | load before | load after |")
-    print("|---:|---:|---:|---:|---:|---:|---|---|")
-    peaks = {}
+    print("|  K | sequential cs/s | batched cs/s | batched / sequential | tensor MB seq | "
+          "tensor MB batched | RSS MB seq | RSS MB batched | load before | load after |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    tensor, rss = {}, {}
     for k in plan.clients:
         t = time_modes(width, k, plan, device, repeats, seq_clients)
-        peak = {m: peak_bytes_fresh(width, k, plan, device, m, threads,
-                                    seq_clients if m == "sequential" else None) for m in MODES}
-        peaks[k] = peak["batched"]
+        sub = {"sequential": seq_clients, "batched": None}
+        tpeak = {m: tensor_peak_bytes(width, k, plan, device, m, sub[m]) for m in MODES}
+        peak = {m: peak_bytes_fresh(width, k, plan, device, m, threads, sub[m]) for m in MODES}
+        tensor[k], rss[k] = tpeak["batched"], peak["batched"]
         r = t["rate"]
         print(f"| {k} | {r['sequential']:.3g} | {r['batched']:.3g} | "
-              f"**{r['batched'] / r['sequential']:.2f}** | {peak['sequential'] / 2**20:.1f} | "
+              f"**{r['batched'] / r['sequential']:.2f}** | {tpeak['sequential'] / 2**20:.1f} | "
+              f"{tpeak['batched'] / 2**20:.1f} | {peak['sequential'] / 2**20:.1f} | "
               f"{peak['batched'] / 2**20:.1f} | {t['load_before']} | {t['load_after']} |",
               flush=True)
-    if len(peaks) >= 2:
+    if len(tensor) >= 2:
         mm = memory_model(width, plan, device, threads)
-        (k1, p1), (k2, p2) = sorted(peaks.items())[0], sorted(peaks.items())[-1]
-        print(f"memory model, batched: peak(K) - peak(K1) = (K - K1) (S_state + S_merged + b a); "
-              f"S_state = 4 e (P_lora + P_head) = {mm['state'] / 2**10:.1f} KiB "
+        k1, k2 = min(tensor), max(tensor)
+
+        def slope(peaks: dict) -> float:
+            return (peaks[k2] - peaks[k1]) / (k2 - k1) / 2**20
+
+        print(f"memory model, batched, tensor bytes: peak(K) - peak(K1) = (K - K1) (S_state + "
+              f"S_merged + b a); S_state = {1 + mm['moments']} e (P_lora + P_head) = "
+              f"{mm['state'] / 2**10:.1f} KiB "
               f"({mm['params']} parameters), S_merged = {mm['merged'] / 2**10:.1f} KiB, a = "
               f"{mm['a'] / 2**10:.1f} KiB per sample (measured at K = {k1}, b -> 2 b): predicted "
               f"{mm['slope'] / 2**20:.2f} MiB per client; measured (K = {k1} -> {k2}) "
-              f"{(p2 - p1) / (k2 - k1) / 2**20:.2f} MiB per client")
+              f"{slope(tensor):.2f} MiB per client in tensor bytes, {slope(rss):.2f} in RSS")
 
 
 def main() -> None:

@@ -35,10 +35,15 @@ def tiny(method="soft", rounds=2, **extra) -> RunConfig:
         "training.rounds": rounds, **extra})
 
 
-@pytest.mark.parametrize("method, bits", [("soft", 32), ("tlora", 32), ("rlora", 32),
-                                          ("slora", 32), ("ilora", 32), ("soft", 16)])
-def test_upload_and_memory_records_round_trip_exactly(method, bits):
-    e = LocalEngine(tiny(method, **{"lora.bits_per_param": bits}), clients="sequential")
+FACTOR = {"experiment.upload": "factor", "experiment.error_feedback": "none"}
+
+
+@pytest.mark.parametrize("method, bits, extra", [
+    ("soft", 32, {}), ("tlora", 32, {}), ("rlora", 32, {}), ("slora", 32, {}), ("ilora", 32, {}),
+    ("soft", 16, {}), ("svd", 32, {}), ("ffa", 32, {}), ("tlora", 32, {"experiment.equal_bits": True}),
+    ("soft", 32, FACTOR), ("tlora", 32, FACTOR), ("ffa", 32, FACTOR)])
+def test_upload_and_memory_records_round_trip_exactly(method, bits, extra):
+    e = LocalEngine(tiny(method, **{"lora.bits_per_param": bits, **extra}), clients="sequential")
     server, clients = e.initial_states()
     u, state = e.clients[1].step(server.model, clients[1], ClientTask(0, 0.5))
     upload, head = records.record_to_upload(records.upload_to_record(u.upload, u.head),

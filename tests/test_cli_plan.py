@@ -154,11 +154,13 @@ latency_budget_s = [100.0]
 
 
 def test_json_memory_does_not_grow_with_rounds(tmp_path):
-    """`tsfa control --json` streams: at K = 3,000, 40 rounds peak within 25 MB of 4 rounds
-    (holding the rounds would add ~8 arrays x 3,000 x 36 rounds of floats and their text)."""
+    """`tsfa control --json` streams: at K = 3,000 the traced peak of 40 rounds is within 2 MB of
+    that of 4 rounds (holding the rounds would add 8 arrays x 3,000 x 36 rounds of float64, 6.9
+    MB, and their text; measured: equal to 0.01 MB). Traced, not resident: RSS differences
+    depend on the allocator and the kernel (see :func:`_peak_mb`)."""
     spec = _spec_file(tmp_path, BIG.format(k=3000, w=2e6 * 300))
-    short, long = _peak_mb(spec, 4), _peak_mb(spec, 40)
-    assert long - short < 25, (short, long)
+    short, long = _peak_mb(spec, 4, traced=True), _peak_mb(spec, 40, traced=True)
+    assert long - short < 2, (short, long)
 
 
 @pytest.mark.slow

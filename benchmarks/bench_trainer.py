@@ -26,15 +26,14 @@ also prints the memory model of the batched trainer, in tensor bytes,
     S_merged = e sum_m d_out d_in           per-client merged weights W0 + s B A (only where that
                                             form is used, see tsfa.fl.batched)
     a        = peak bytes per sample        the minibatch and the activations kept for the
-                                            backward pass; measured at K1 from batch b to 2 b.
-
-The peak falls at the start of a backward pass: every activation is saved and no gradient exists
-yet (``zero_grad(set_to_none=True)`` before it; the gradients of the parameters and of the merged
-weights appear while the activations are freed), so gradients are not in the slope.
+                                            backward pass; measured at K1 from batch b to 2 b,
 
 and the slope it predicts against the measured one (tensor bytes; the RSS slope beside it). The
-small and base widths use few samples and steps on the CPU (seconds per step). Run as a script
-(a GPU user runs it as is):
+peak falls at the start of a backward pass: every activation is saved and no gradient exists yet
+(``zero_grad(set_to_none=True)`` before it; the gradients of the parameters and of the merged
+weights appear while the activations are freed), so gradients are not in the slope. The small
+and base widths use few samples and steps on the CPU (seconds per step). Run as a script (a GPU
+user runs it as is):
 
     python benchmarks/bench_trainer.py [--widths tiny small base] [--devices cpu cuda]
                                        [--clients 10 50] [--threads 2] [--repeats 3]

@@ -149,23 +149,16 @@ class _Forward:
         ``cls_only``: queries (and outputs) for token 0 only; on the CPU the one query's scores and
         output are then element-wise products and sums (a batched matmul with an inner or outer
         dimension of 1 is slow there: +6% client-steps/s on one thread, benchmarks/README.md)."""
-        n, t, d = h.shape
+        n, _, d = h.shape
         hq = h[:, :1] if cls_only else h
         heads, d_h = attn.heads, d // attn.heads
-
-        def split(z: Tensor) -> Tensor:
-            return z.view(n, z.shape[1], heads, d_h).transpose(1, 2)
-
-        if cls_only and h.device.type == "cpu":
-            q = self.linear(attn.query, hq, k_clients).view(n, 1, heads, d_h)
-            k = self.linear(attn.key, h, k_clients).view(n, t, heads, d_h)
-            v = self.linear(attn.value, h, k_clients).view(n, t, heads, d_h)
+        q, k, v = (self.linear(layer, z, k_clients).view(n, z.shape[1], heads, d_h)
+                   for layer, z in ((attn.query, hq), (attn.key, h), (attn.value, h)))
+        if cls_only and h.device.type == "cpu":  # q (n, 1, heads, d_h), k and v (n, T, heads, d_h)
             p = torch.softmax((q * (1.0 / math.sqrt(d_h)) * k).sum(-1), dim=1)  # (n, t, heads)
             y = (p.unsqueeze(-1) * v).sum(1)  # (n, heads, d_h)
             return self.linear(attn.out, y.reshape(n, 1, d), k_clients)
-        q = split(self.linear(attn.query, hq, k_clients))
-        k = split(self.linear(attn.key, h, k_clients))
-        v = split(self.linear(attn.value, h, k_clients))
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (n, heads, tokens, d_h)
         if q.device.type == "cpu":
             scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
             y = torch.softmax(scores, dim=-1) @ v

@@ -98,3 +98,87 @@ def calibrate_cmd(
     print_frame(cal.eps, "eps(r) at the candidate ranks")
     if out is not None:
         console.print(f"calibrated spec written to {out}")
+
+
+def _numbers(text: str, option: str, kind=float) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        fail(f"{option} = {text!r}: expected a comma-separated list of numbers")
+    return values
+
+
+@app.command("calibrate-weights")
+def calibrate_weights_cmd(
+    config: Annotated[Path | None, typer.Argument(
+        help="Run config TOML of the run to calibrate for (default: the embedded task's main "
+        "job).")] = None,
+    out: Annotated[Path, typer.Option(help="Calibration file to write.")] = Path(
+        "runs/calibration.toml"),
+    ranks: Annotated[str, typer.Option(help="Ranks of the rho = 1 pilots (>= 3).")] = "1,2,4,8,16",
+    rhos: Annotated[str, typer.Option(help="Ratios (< 1) of the ratio pilots.")] = "0.5,0.25,0.125",
+    rho_rank: Annotated[int, typer.Option(help="Rank of the ratio pilots.")] = 8,
+    seeds: Annotated[str, typer.Option(help="Seeds (every pilot at each: paired).")] = "0,1",
+    num_test: Annotated[int, typer.Option(min=10, help="Test samples of every pilot.")] = 5000,
+    store: Annotated[Path, typer.Option(help="Pilot run cache (reused, resumable).")] = Path(
+        "runs/pilots"),
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes (one torch thread each "
+                                      "when > 1).")] = 2,
+) -> None:
+    """Measure the offline objective's weights on this task (docs/model.md §8b): federated pilot
+    runs of CONFIG at several ranks (rho = 1) and ratios (same seeds, with error feedback); fits
+    w_rank, w_cov, w_sparse and the phi form in test error at the run's horizon, each with its
+    standard error, into a calibration file for `tsfa rank --calibration` and `tsfa run`."""
+    import os
+    import time
+
+    from tsfa.config.experiment import load_run_config
+    from tsfa.experiments.cache import run_many
+    from tsfa.experiments.horizon import calibration_table, fit_calibration, write_calibration
+    from tsfa.experiments.pipeline import offline_stage
+    from tsfa.experiments.weights import PilotPlan, pilot_configs, pilot_table
+
+    plan = PilotPlan(_numbers(ranks, "--ranks", int), _numbers(rhos, "--rhos"), rho_rank,
+                     _numbers(seeds, "--seeds", int), num_test)
+    try:
+        cfg = load_run_config(config)
+        stage = offline_stage(cfg)
+        plan.check(min(stage.system.lora.d_in, stage.system.lora.d_out))
+    except (SpecError, ValueError) as exc:
+        fail(str(exc))
+    pilots = pilot_configs(stage.cfg, plan)
+    t0, done = time.perf_counter(), [0]
+
+    def log(msg: str) -> None:
+        if msg.startswith("finished"):
+            done[0] += 1
+            el = time.perf_counter() - t0
+            eta = el / done[0] * (len(pilots) - done[0])
+            console.print(f"pilot {done[0]}/{len(pilots)} {msg.split()[-1]}: {el:.0f} s, ETA "
+                          f"{eta:.0f} s (load {os.getloadavg()[0]:.1f})")
+
+    console.print(f"{len(pilots)} pilots x {stage.cfg.system.training.rounds} rounds in {store} "
+                  f"({jobs} worker(s)); cached pilots are reused")
+    runs = run_many([c for *_, c in pilots], store, jobs, log)
+    table = pilot_table(pilots, runs)
+    fit_cfg = stage.cfg
+    if cfg.experiment.task == "synthetic":  # the embedded task's eps(r) is known exactly
+        from tsfa.experiments.runs import synthetic_spectrum
+
+        fit_cfg = fit_cfg.replace(**{"bound.eps_model": "given",
+                                     "bound.spectrum": synthetic_spectrum()})
+    fit_cfg = type(fit_cfg)(fit_cfg.experiment, stage.system.replace(
+        **{f"bound.{k}": getattr(fit_cfg.system.bound, k) for k in ("eps_model", "spectrum")}))
+    notes = [f"pilots: {len(table)} runs, {time.perf_counter() - t0:.0f} s wall this invocation, "
+             f"load {os.getloadavg()[0]:.1f}; seeds {list(plan.seeds)}; num_test {num_test}"]
+    try:
+        cal = fit_calibration(table, fit_cfg, notes)
+    except ValueError as exc:
+        fail(str(exc))
+    write_calibration(cal, out)
+    print_frame(table.drop(columns=["path"]), "Pilot runs (final error = 1 - mean accuracy of "
+                "the last rounds)")
+    print_frame(calibration_table(cal).drop(columns=["method"]), f"Weights (phi = {cal.phi})")
+    console.print(f"calibration written to {out}")

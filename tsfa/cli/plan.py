@@ -62,15 +62,41 @@ def bound_cmd(
     console.print(f"total bound: {report['total']:.6g}")
 
 
+CalibrationOpt = Annotated[Path | None, typer.Option(
+    help="Horizon calibration file (`tsfa calibrate-weights`): J(r) in test error with the "
+    "weights measured on the task (docs/model.md §8b).")]
+
+
+def calibrated(s, calibration: Path | None):
+    """``s`` with the calibration file's weights applied (one-line error if refused); warnings
+    for a different regime go to stderr."""
+    if calibration is None:
+        return s
+    from tsfa.experiments.horizon import (
+        CalibrationError,
+        apply_calibration,
+        check_calibration,
+        read_calibration,
+    )
+
+    try:
+        cal = read_calibration(calibration)
+        _warn_all(check_calibration(cal, spec=s))
+        return apply_calibration(s, cal)
+    except CalibrationError as exc:
+        fail(str(exc))
+
+
 @app.command("rank")
-def rank_cmd(spec: SpecArg = None, json_out: JsonOpt = False) -> None:
+def rank_cmd(spec: SpecArg = None, json_out: JsonOpt = False,
+             calibration: CalibrationOpt = None) -> None:
     """Offline stage: J(r) per candidate, r*, status and the sensitivities of r* (docs/model.md §3).
 
     Warnings (stderr) name the clients whose budget holds only by deferring most of their
     uploads, implausible links (mean SNR below -20 dB) and budgets above a day."""
     from tsfa.reporting.report import rank_report
 
-    s = load(spec)
+    s = calibrated(load(spec), calibration)
     report = rank_report(s)
     _warn_all(report["warnings"])
     if json_out:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tsfa.cli.common import app, console, fail, print_frame
-from tsfa.cli.plan import write_control
+from tsfa.cli.common import app, console, fail, print_frame, warn
+from tsfa.cli.plan import CalibrationOpt, write_control
 from tsfa.config.spec import SpecError
 
 ClientsOpt = Annotated[str, typer.Option(
@@ -51,17 +51,36 @@ def _train(cfg, out: Path, resume: bool, options: dict, task=None):
                      on_round=lambda done, row: update(done, round_note(row)), **options)
 
 
-def _offline(cfg):
+def _offline(cfg, calibration: Path | None = None, default: bool = False):
+    """Stage 1 with the calibration file ``calibration``, else (``default``) the shipped one of
+    the embedded task when it was made for this run; one-line errors."""
+    from tsfa.experiments.horizon import CalibrationError, default_calibration, read_calibration
     from tsfa.experiments.pipeline import offline_stage
 
     try:
-        return offline_stage(cfg)
-    except ValueError as exc:
+        cal = (read_calibration(calibration) if calibration is not None
+               else default_calibration(cfg) if default else None)
+        stage = offline_stage(cfg, calibration=cal)
+    except (CalibrationError, ValueError) as exc:
         fail(str(exc))
+    for line in stage.warnings:
+        warn(line)
+    return stage
 
 
 def _print_offline(stage, title: str) -> None:
-    print_frame(stage.table[["rank", "rank_term", "cov_term", "sparse_term", "J"]], title)
+    cols = ["rank", "eps", "rank_term", "cov_term", "sparse_term", "J", "rho_bar_mean"]
+    if stage.calibration is not None:
+        cal = stage.calibration
+        title += " in test error at the horizon (calibrated weights)"
+        print_frame(stage.table[cols].assign(
+            predicted_accuracy=1.0 - cal.value("error_floor") - stage.table["J"]), title)
+        console.print(f"calibration {cal.source or '(in memory)'}: " + ", ".join(
+            f"{k} = {e.value:.3g} +- {e.stderr:.2g}" for k, e in cal.weights.items())
+            + f", phi = {cal.phi}")
+    else:
+        print_frame(stage.table[cols], title + " (uncalibrated: the bound's illustrative "
+                    "constants; `tsfa calibrate-weights` measures them)")
     console.print(f"r* = {stage.rank} (status {stage.status}); trained at r = {stage.rank}")
 
 
@@ -99,6 +118,7 @@ def train_cmd(
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "fp32",
     threads: ThreadsOpt = None,
+    calibration: CalibrationOpt = None,
 ) -> None:
     """Federated LoRA fine-tuning with SOFT or a baseline, TSFA-controlled or fixed (docs/model.md §5-§7).
 
@@ -127,8 +147,10 @@ def train_cmd(
              "the clients)")
     options = run_options(clients, device, precision, threads)
     task = None
+    if calibration is not None and rank_arg != "auto":
+        fail("--calibration: only with --rank auto (it sets the offline objective's weights)")
     if rank_arg == "auto":
-        stage = _offline(cfg)
+        stage = _offline(cfg, calibration, default=True)
         cfg, task = stage.cfg, stage.task
         if not print_config:
             _print_offline(stage, "Offline stage on the trained model's system: J(r)")
@@ -165,6 +187,7 @@ def run_cmd(
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "fp32",
     threads: ThreadsOpt = None,
+    calibration: CalibrationOpt = None,
 ) -> None:
     """The main job, both stages on the model being trained: offline rank, online controller,
     and federated SOFT fine-tuning under TSFA at r*.
@@ -190,7 +213,7 @@ def run_cmd(
     exp = cfg.experiment
     console.print(f"[bold]1/3 offline stage[/bold] on the trained model's system ({exp.task} "
                   f"task, {cfg.system.clients.num_clients} clients)")
-    stage = _offline(cfg)
+    stage = _offline(cfg, calibration, default=True)
     rep = rank_report(stage.system)
     path = prepare_dir(out / "rank", stage.system.to_toml(), stage.system.clients.seed,
                        r_star=stage.rank)

@@ -49,22 +49,36 @@ class OfflineStage:
     system: SystemSpec
     inst: SystemInstance
     task: object
+    calibration: object = None
+    warnings: tuple = ()
 
 
-def offline_stage(cfg: RunConfig, task=None) -> OfflineStage:
-    """r* for the system of the model ``cfg`` trains (raises ValueError if no rank is feasible)."""
+def offline_stage(cfg: RunConfig, task=None, calibration=None) -> OfflineStage:
+    """r* for the system of the model ``cfg`` trains (raises ValueError if no rank is feasible).
+
+    ``calibration``: a :class:`tsfa.experiments.horizon.HorizonCalibration` whose weights J(r)
+    uses (docs/model.md §8b), applied to the resolved system and to the run config (its phi is
+    the controller's too); refused (:class:`~tsfa.experiments.horizon.CalibrationError`) for
+    another task, method or model; a different regime gives ``warnings``."""
     from tsfa.control.offline import optimal_rank
 
     system, inst, task = resolved_system(cfg, task)
     if not cfg.system.control.latency_budget_s:
         cfg = cfg.replace(**{"control.latency_budget_s": [float(b) for b in inst.budget_s]})
         system, inst, _ = resolved_system(cfg, task)
+    warnings: tuple = ()
+    if calibration is not None:
+        from tsfa.experiments.horizon import apply_calibration, check_calibration
+
+        warnings = tuple(check_calibration(calibration, RunConfig(cfg.experiment, system)))
+        system = apply_calibration(system, calibration)
+        cfg = RunConfig(cfg.experiment, apply_calibration(cfg.system, calibration))
     res = optimal_rank(system, inst)
     if not res.ok:
         raise ValueError(f"offline stage: no feasible rank ({res.status}): {res.message}")
     rank = int(res.solution["rank"])
     return OfflineStage(cfg.replace(**{"experiment.rank": rank}), rank, res.status,
-                        res.solution["table"], system, inst, task)
+                        res.solution["table"], system, inst, task, calibration, warnings)
 
 
 __all__ = ["resolved_system", "OfflineStage", "offline_stage"]

@@ -1,0 +1,127 @@
+"""The horizon calibration file (docs/model.md §8b): round trip, refusal of a corrupt file or of
+one made for another task or model, and `tsfa rank --calibration` moving r* as the weights say."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tsfa.cli import app
+from tsfa.config.experiment import RunConfig
+from tsfa.config.spec import SystemSpec
+from tsfa.control.offline import client_terms, eps_of, optimal_rank
+from tsfa.experiments import horizon as hc
+from tsfa.maths.horizon import WeightEstimate
+from tsfa.maths.instance import realize
+
+runner = CliRunner()
+
+
+def make_cal(spec: SystemSpec, w_rank=0.3, w_cov=0.001, w_sparse=0.01, form="inv",
+             task="synthetic") -> hc.HorizonCalibration:
+    """A calibration made for ``spec``'s LoRA sizes (as if fitted), with given weights."""
+    cfg = RunConfig().replace(**{"experiment.task": task})
+    cfg = RunConfig(cfg.experiment, spec)
+    ident, regime = hc.identity_of(cfg)
+    w = {"w_rank": w_rank, "w_cov": w_cov, "w_sparse": w_sparse, "error_floor": 0.4}
+    pilots = pd.DataFrame({"kind": ["rank", "rank", "rank", "rho"], "rank": [1, 2, 4, 4],
+                           "rho": [1.0, 1.0, 1.0, 0.5], "seed": [0, 0, 0, 0],
+                           "final_error": [0.6, 0.5, 0.45, 0.47]})
+    return hc.HorizonCalibration(
+        {k: WeightEstimate(v, 0.1 * v, 4, f"planted {k}") for k, v in w.items()}, form,
+        {form: (w_sparse, 0.001, 1e-5)}, hc.eps_keys(spec), ident, regime, pilots,
+        ["a note"])
+
+
+def test_round_trip(tmp_path):
+    spec = SystemSpec()
+    cal = make_cal(spec, form="inv_sq")
+    back = hc.read_calibration(hc.write_calibration(cal, tmp_path / "c.toml"))
+    assert back.payload() == cal.payload()
+    assert back.source == str(tmp_path / "c.toml")
+    assert hc.apply_calibration(spec, back) == hc.apply_calibration(spec, cal)
+
+
+def test_corrupt_or_edited_file_refused(tmp_path):
+    path = hc.write_calibration(make_cal(SystemSpec()), tmp_path / "c.toml")
+    text = path.read_text()
+    path.write_text(text.replace("w_rank]\nvalue = 0.3", "w_rank]\nvalue = 0.5"))
+    with pytest.raises(hc.CalibrationError, match="integrity"):
+        hc.read_calibration(path)
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(hc.CalibrationError, match="c.toml"):
+        hc.read_calibration(path)
+    path.write_text("format = 'something else'\n")
+    with pytest.raises(hc.CalibrationError, match="format"):
+        hc.read_calibration(path)
+    with pytest.raises(hc.CalibrationError, match="missing.toml"):
+        hc.read_calibration(tmp_path / "missing.toml")
+
+
+def test_other_task_or_model_refused_regime_warned():
+    spec = SystemSpec()
+    cal = make_cal(spec, task="fashion_mnist")
+    run = RunConfig(RunConfig().experiment, spec)  # task synthetic
+    with pytest.raises(hc.CalibrationError, match="experiment.task = 'synthetic'"):
+        hc.check_calibration(cal, run)
+    other = spec.replace(**{"lora.d_in": spec.lora.d_in // 2})
+    with pytest.raises(hc.CalibrationError, match="lora.d_in"):
+        hc.check_calibration(make_cal(spec), spec=other)
+    warned = hc.check_calibration(make_cal(spec), spec=spec.replace(**{"training.rounds": 7}))
+    assert len(warned) == 1 and "rounds" in warned[0]
+
+
+def test_applied_weights_are_the_terms_of_J():
+    """At the spec it is applied to, J(r) = w_rank eps(r) + w_cov r + w_sparse sum p phi."""
+    spec = SystemSpec()
+    cal = make_cal(spec, w_rank=0.2, w_cov=0.003, w_sparse=0.02, form="inv_sq")
+    s = hc.apply_calibration(spec, cal)
+    inst = realize(s)
+    table = optimal_rank(s, inst).solution["table"]
+    ranks = table["rank"].to_numpy()
+    terms = client_terms(s, inst, ranks)
+    want = 0.2 * eps_of(s, ranks) + 0.003 * ranks + 0.02 * terms["phi_mean"]
+    ok = table["feasible"].to_numpy()
+    np.testing.assert_allclose(table["J"].to_numpy()[ok], want[ok], rtol=1e-12)
+    assert s.control.phi == "inv_sq"
+
+
+def _rank_cli(tmp_path, cal, name):
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(SystemSpec().to_toml())
+    path = hc.write_calibration(cal, tmp_path / name)
+    res = runner.invoke(app, ["rank", str(spec_file), "--calibration", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_rank_cli_moves_r_star_as_the_weights_say(tmp_path):
+    """Free sparsification and no covariance cost: r* is the largest feasible candidate; a heavy
+    sparsification weight pulls it down to the rank that sends the most of itself; each r* is
+    the argmin of the weights' J computed here from its parts."""
+    spec = SystemSpec()
+    inst = realize(spec)
+    ranks = np.asarray(spec.lora.rank_candidates)
+    terms = client_terms(spec, inst, ranks)
+    feas = terms["feasible"]
+    got = {}
+    for name, (wr, wc, ws) in {"free": (0.3, 0.0, 0.0), "costly": (0.3, 0.0, 5.0)}.items():
+        rep = _rank_cli(tmp_path, make_cal(spec, wr, wc, ws), f"{name}.toml")
+        j = wr * eps_of(spec, ranks) + wc * ranks + ws * terms["phi_mean"]
+        want = int(ranks[feas][np.argmin(j[feas])])
+        assert rep["rank"] == want, name
+        got[name] = rep["rank"]
+    assert got["free"] == int(ranks[feas].max())
+    assert got["costly"] < got["free"]
+
+
+def test_rank_cli_refuses_a_corrupt_calibration_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("not toml [")
+    res = runner.invoke(app, ["rank", "--calibration", str(bad)])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "bad.toml" in res.output

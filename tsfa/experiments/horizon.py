@@ -1,0 +1,328 @@
+"""The horizon calibration: weights of the offline objective measured on the user's task, with
+their identity, uncertainty and provenance, as a file (docs/model.md §8b) [DESIGN].
+
+:func:`fit_calibration` turns a pilot table (:func:`tsfa.experiments.weights.pilot_table`) into a
+:class:`HorizonCalibration`; :meth:`HorizonCalibration.to_toml` / :func:`read_calibration` write
+and read it (an integrity hash over the content: a truncated or hand-edited file is refused);
+:func:`apply_calibration` puts the weights into a spec, so that every caller of the offline
+objective (``tsfa rank``, ``tsfa run``, sensitivities, figures) evaluates
+
+    J(r) = w_rank eps(r) + w_cov r + w_sparse sum_k p_k phi(pi_k rho_bar_k(r))
+
+in test error at the horizon (the bound's c5, c3 and c4 set so that its rank, covariance and
+sparsification terms equal those three at this spec) and the online controller uses the same
+phi. A calibration is refused, naming the key, for another task, model (LoRA modules and sizes),
+method or error-feedback rule; a different regime (clients, alpha, local steps, learning rate,
+horizon) is allowed with a warning, since the weights were measured there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tsfa.config.spec import SystemSpec
+from tsfa.maths import bound as bd
+from tsfa.maths import horizon as hz
+
+FORMAT = "tsfa-horizon-calibration/1"
+#: Keys that must match the spec or run a calibration is applied to (refused otherwise).
+IDENTITY_KEYS = ("task", "method", "error_feedback", "upload", "n_modules", "d_in", "d_out")
+#: Keys of the regime the weights were measured in (a difference is a warning).
+REGIME_KEYS = ("num_clients", "dirichlet_alpha", "local_steps", "batch_size", "learning_rate",
+               "rounds", "num_train")
+WEIGHTS = ("w_rank", "w_cov", "w_sparse", "error_floor")
+
+
+class CalibrationError(ValueError):
+    """A calibration file is unreadable, corrupt, or made for another task or model."""
+
+
+def identity_of(cfg) -> tuple[dict, dict]:
+    """(identity, regime) of a run config whose ``[lora]`` is resolved for the trained model."""
+    exp, s = cfg.experiment, cfg.system
+    ident = {"task": exp.task, "method": exp.method, "error_feedback": exp.error_feedback,
+             "upload": exp.upload, "n_modules": int(s.lora.n_modules), "d_in": int(s.lora.d_in),
+             "d_out": int(s.lora.d_out)}
+    regime = {"num_clients": int(s.clients.num_clients),
+              "dirichlet_alpha": float(s.clients.dirichlet_alpha),
+              "local_steps": int(s.training.local_steps), "batch_size": int(s.training.batch_size),
+              "learning_rate": float(s.training.learning_rate), "rounds": int(s.training.rounds),
+              "num_train": int(exp.num_train)}
+    return ident, regime
+
+
+@dataclass(frozen=True, eq=False)
+class HorizonCalibration:
+    """Weights (:class:`tsfa.maths.horizon.WeightEstimate` per name of :data:`WEIGHTS`), the phi
+    form chosen, every form's fit (``phi_fits``: form -> (w_sparse, stderr, SSE)), the eps model
+    the rank weight was fitted against (``eps``: bound keys), the ``identity`` and ``regime`` of
+    the pilots' run config, the pilot table and free-form ``notes``."""
+
+    weights: dict
+    phi: str
+    phi_fits: dict
+    eps: dict
+    identity: dict
+    regime: dict
+    pilots: pd.DataFrame
+    notes: list = field(default_factory=list)
+    source: str = ""  # the file it was read from (not part of the content)
+
+    def value(self, name: str) -> float:
+        return float(self.weights[name].value)
+
+    # ---------------------------------------------------------------- file
+    def payload(self) -> dict:
+        """Everything the file holds, as plain data (the integrity hash covers this)."""
+        w = {k: {"value": e.value, "stderr": e.stderr, "n": e.n, "method": e.method}
+             for k, e in self.weights.items()}
+        return {"format": FORMAT, "identity": dict(self.identity), "regime": dict(self.regime),
+                "weights": w, "phi": self.phi,
+                "phi_fits": {k: list(v) for k, v in self.phi_fits.items()},
+                "eps": {k: (list(v) if isinstance(v, list | tuple) else v)
+                        for k, v in self.eps.items()},
+                "pilots": self.pilots.drop(columns=["path"], errors="ignore").to_dict("list"),
+                "notes": list(self.notes)}
+
+    def to_toml(self) -> str:
+        """The calibration as TOML: a readable header, then the tables; ``integrity.sha256`` over
+        the canonical JSON of the content."""
+        data = self.payload()
+        lines = ["# tsfa horizon calibration (docs/model.md §8b): the offline objective's weights",
+                 "# in test error (1 - accuracy) at the horizon, measured by pilot runs.",
+                 "# Apply with `tsfa rank SPEC --calibration FILE` or `tsfa run --calibration FILE`.",
+                 "# Do not edit: the integrity hash below refuses an edited file; re-run",
+                 "# `tsfa calibrate-weights` instead."]
+        for k, e in self.weights.items():
+            lines.append(f"#   {k} = {e.value:.5g} +- {e.stderr:.2g} (n = {e.n}): {e.method}")
+        lines.append(f"#   phi = {self.phi} (least squared error of the forms: "
+                     + ", ".join(f"{f} SSE {v[2]:.3g}" for f, v in self.phi_fits.items()) + ")")
+        lines += [f"# {n}" for n in self.notes]
+        lines += ["", f"format = {_toml(FORMAT)}", f"phi = {_toml(self.phi)}",
+                  f"notes = {_toml(list(self.notes))}"]
+        for table in ("identity", "regime", "eps"):
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml(v)}" for k, v in data[table].items()]
+        for k, v in data["weights"].items():
+            lines += ["", f"[weights.{k}]"] + [f"{a} = {_toml(b)}" for a, b in v.items()]
+        lines += ["", "[phi_fits]"] + [f"{k} = {_toml(v)}" for k, v in data["phi_fits"].items()]
+        lines += ["", "[pilots]"] + [f"{k} = {_toml(v)}" for k, v in data["pilots"].items()]
+        lines += ["", "[integrity]", f"sha256 = {_toml(_digest(data))}", ""]
+        return "\n".join(lines)
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        return "nan" if math.isnan(v) else ("inf" if v == math.inf else repr(v))
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to the calibration file")
+
+
+def _digest(data: dict) -> str:
+    def norm(v):
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [norm(x) for x in v]
+        if isinstance(v, float | np.floating):
+            return repr(float(v))
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    return hashlib.sha256(json.dumps(norm(data), sort_keys=True).encode()).hexdigest()
+
+
+def write_calibration(cal: HorizonCalibration, out: str | Path) -> Path:
+    """Write :meth:`HorizonCalibration.to_toml` to ``out`` (parent folders created)."""
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(cal.to_toml(), encoding="utf-8")
+    return p
+
+
+def read_calibration(path: str | Path) -> HorizonCalibration:
+    """Read a calibration file; :class:`CalibrationError` (one line) when it is missing, not
+    TOML, of another format, incomplete, or its content does not match its integrity hash."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CalibrationError(f"calibration {str(p)!r}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"calibration {str(p)!r}: not a TOML file ({exc})") from None
+    if data.get("format") != FORMAT:
+        raise CalibrationError(f"calibration {str(p)!r}: format = {data.get('format')!r}, "
+                               f"expected {FORMAT!r}")
+    for key in ("identity", "regime", "weights", "phi", "phi_fits", "eps", "pilots",
+                "integrity"):
+        if key not in data:
+            raise CalibrationError(f"calibration {str(p)!r}: missing [{key}]")
+    stored = data.pop("integrity").get("sha256")
+    missing = [k for k in (*IDENTITY_KEYS, *REGIME_KEYS)
+               if k not in data["identity"] and k not in data["regime"]]
+    if missing:
+        raise CalibrationError(f"calibration {str(p)!r}: missing key(s) {', '.join(missing)}")
+    if stored != _digest(data):
+        raise CalibrationError(f"calibration {str(p)!r}: content does not match integrity.sha256 "
+                               "(edited or corrupt); re-run `tsfa calibrate-weights`")
+    try:
+        weights = {k: hz.WeightEstimate(float(v["value"]), float(v["stderr"]), int(v["n"]),
+                                        str(v["method"])) for k, v in data["weights"].items()}
+        if set(weights) != set(WEIGHTS):
+            raise KeyError(", ".join(sorted(set(WEIGHTS) ^ set(weights))))
+        bd.phi_form(data["phi"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalibrationError(f"calibration {str(p)!r}: bad [weights] or phi ({exc})") from None
+    return HorizonCalibration(weights, data["phi"],
+                              {k: tuple(v) for k, v in data["phi_fits"].items()}, data["eps"],
+                              data["identity"], data["regime"], pd.DataFrame(data["pilots"]),
+                              list(data.get("notes", [])), str(p))
+
+
+# --------------------------------------------------------------------------- fit
+def eps_keys(spec: SystemSpec) -> dict:
+    """The bound keys that define eps(r) in ``spec`` (stored with the rank weight)."""
+    b = spec.bound
+    return {"eps_model": b.eps_model, "spectrum_decay": float(b.spectrum_decay),
+            "spectrum_dim": int(b.spectrum_dim), "spectrum": [float(v) for v in b.spectrum]}
+
+
+def fit_calibration(pilots: pd.DataFrame, cfg, notes=()) -> HorizonCalibration:
+    """Fit (H) of docs/model.md §8b to a pilot table (columns kind, rank, rho, seed,
+    final_error) of the run config ``cfg`` (resolved ``[lora]``; its eps model is the one the
+    rank weight is fitted against). The ratio pilots' reference is the rank pilot of their rank
+    and seed at rho = 1; the phi form of least squared error is chosen."""
+    from tsfa.control.offline import eps_of
+
+    ranks = pilots[pilots["kind"] == "rank"]
+    if ranks.empty:
+        raise ValueError("fit_calibration: no rank pilots")
+    spec = cfg.system
+    w = hz.fit_rank_weights(ranks["rank"], eps_of(spec, ranks["rank"].to_numpy()),
+                            ranks["final_error"], ranks["seed"])
+    ref = ranks[ranks["rho"] == 1.0].set_index(["rank", "seed"])["final_error"]
+    rho = pilots[(pilots["kind"] == "rho") & (pilots["rho"] < 1.0)]
+    keyed = [(r.rho, r.final_error - ref[(r.rank, r.seed)]) for r in rho.itertuples()
+             if (r.rank, r.seed) in ref.index]
+    if not keyed:
+        raise ValueError("fit_calibration: no ratio pilot has a rank pilot of its rank and seed "
+                         "at rho = 1")
+    form, fits = hz.select_phi_form([k[0] for k in keyed], [k[1] for k in keyed])
+    w["w_sparse"] = fits[form][0]
+    ident, regime = identity_of(cfg)
+    return HorizonCalibration(
+        {k: w[k] for k in WEIGHTS}, form,
+        {f: (e.value, e.stderr, sse) for f, (e, sse) in fits.items()}, eps_keys(spec), ident,
+        regime, pilots.reset_index(drop=True), list(notes))
+
+
+# --------------------------------------------------------------------------- apply
+def check_calibration(cal: HorizonCalibration, cfg=None, spec: SystemSpec | None = None) -> list:
+    """Refuse (:class:`CalibrationError`, one line naming the key) a calibration made for another
+    task, method or model than the run config ``cfg`` (or, with only ``spec``, its LoRA
+    sizes); return warning lines for a different regime."""
+    if cfg is not None:
+        ident, regime = identity_of(cfg)
+    else:
+        ident = {"n_modules": spec.lora.n_modules, "d_in": spec.lora.d_in,
+                 "d_out": spec.lora.d_out}
+        regime = {"num_clients": spec.clients.num_clients,
+                  "dirichlet_alpha": spec.clients.dirichlet_alpha,
+                  "local_steps": spec.training.local_steps,
+                  "batch_size": spec.training.batch_size,
+                  "learning_rate": spec.training.learning_rate, "rounds": spec.training.rounds}
+    for k, v in ident.items():
+        if cal.identity.get(k) != v:
+            key = f"experiment.{k}" if k in ("task", "method", "error_feedback", "upload") \
+                else f"lora.{k}"
+            raise CalibrationError(f"calibration made for {k} = {cal.identity.get(k)!r}, but "
+                                   f"{key} = {v!r} here: calibrate this task and model "
+                                   "(`tsfa calibrate-weights`)")
+    return [f"calibration measured at {k} = {cal.regime[k]!r}, applied at {v!r}: the weights "
+            "are extrapolated" for k, v in regime.items()
+            if k in cal.regime and not _same(cal.regime[k], v)]
+
+
+def _same(a, b) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9) if isinstance(a, int | float) else a == b
+
+
+def unit_terms(spec: SystemSpec) -> tuple[float, float]:
+    """(covariance term per unit rank at c3 = 1, sparsification weight Gamma at c4 = 1) of
+    ``spec``'s bound (docs/model.md §2): the divisors that turn the weights into c3 and c4."""
+    b, tr = spec.bound, spec.training
+    cov1 = float(bd.covariance_term(1, tr.learning_rate, tr.local_steps, b.grad_bound, 1.0,
+                                    form=b.cov_form, grad_noise=b.grad_noise,
+                                    heterogeneity=b.heterogeneity))
+    gam1 = float(bd.sparsification_gamma(b.smoothness, tr.learning_rate, tr.local_steps,
+                                         b.grad_bound, 1.0))
+    return cov1, gam1
+
+
+def apply_calibration(spec: SystemSpec, cal: HorizonCalibration) -> SystemSpec:
+    """``spec`` with the calibration's weights: its eps model, ``c5 = w_rank``, ``c3`` and ``c4``
+    such that the covariance term is ``w_cov r`` and the sparsification weight ``w_sparse`` at
+    this spec, and ``control.phi`` the calibrated form (the controller's too). Raises
+    :class:`CalibrationError` when the bound of ``spec`` has a zero unit term."""
+    cov1, gam1 = unit_terms(spec)
+    if not (cov1 > 0 and gam1 > 0):
+        raise CalibrationError("calibration: the spec's bound gives a zero covariance or "
+                               "sparsification unit (bound.grad_bound, training.learning_rate)")
+    eps = dict(cal.eps)
+    changes = {f"bound.{k}": (tuple(v) if isinstance(v, list) else v) for k, v in eps.items()}
+    if eps.get("eps_model") != "given":
+        changes.pop("bound.spectrum", None)
+    changes |= {"bound.c5": cal.value("w_rank"), "bound.c3": cal.value("w_cov") / cov1,
+                "bound.c4": cal.value("w_sparse") / gam1, "control.phi": cal.phi}
+    return spec.replace(**changes)
+
+
+def calibration_table(cal: HorizonCalibration) -> pd.DataFrame:
+    """The weights as a table: key, value, stderr, n, method (for printing and reports)."""
+    return pd.DataFrame([{"key": k, "value": e.value, "stderr": e.stderr, "n": e.n,
+                          "method": e.method} for k, e in cal.weights.items()])
+
+
+
+
+
+#: The shipped calibration of the embedded task's default run (regenerated by
+#: ``tsfa calibrate-weights --out tsfa/experiments/configs/calibration_synthetic.toml``).
+SHIPPED = Path(__file__).resolve().parent / "configs" / "calibration_synthetic.toml"
+
+
+def default_calibration(cfg) -> HorizonCalibration | None:
+    """The shipped calibration when ``cfg`` is the embedded task's run it was made for (same
+    identity and regime, else None: a user's own task is calibrated by ``tsfa
+    calibrate-weights``)."""
+    if not SHIPPED.is_file() or cfg.experiment.task != "synthetic":
+        return None
+    cal = read_calibration(SHIPPED)
+    ident, regime = identity_of(cfg)
+    same = all(cal.identity.get(k) == v for k, v in ident.items()
+               if k not in ("n_modules", "d_in", "d_out"))
+    if not same or any(not _same(cal.regime[k], v) for k, v in regime.items()):
+        return None
+    return cal
+
+
+__all__ = ["FORMAT", "IDENTITY_KEYS", "REGIME_KEYS", "WEIGHTS", "CalibrationError",
+           "identity_of", "HorizonCalibration", "write_calibration", "read_calibration",
+           "eps_keys", "fit_calibration", "check_calibration", "unit_terms", "apply_calibration",
+           "calibration_table", "SHIPPED", "default_calibration"]

@@ -1,28 +1,26 @@
-"""Out-of-sample validation of the offline rank r* (issue 15, item 3; docs/validation.md).
+"""Validation of the offline rank r* against the measured best rank (issue 19; docs/validation.md).
 
-Protocol:
+Protocol (``tsfa/experiments/configs/validate_rank.toml``):
 
-1. **Calibrate** the bound (:func:`tsfa.experiments.calibrate.calibrate`) on pilot runs of ONE
-   system spec, the *calibration spec* (the base run of ``base.toml`` at the size), at the pilot
-   ranks of ``validate_rank.toml``;
-2. **predict** r* with the calibrated constants on held-out specs that differ in bandwidth, latency
-   budget (seconds), number of clients K and Dirichlet alpha (nothing of a held-out spec enters
-   the calibration);
-3. **measure** the best rank on each held-out spec: SOFT + TSFA controller at every candidate rank,
-   several seeds, final accuracy (mean of the last rounds) on the test set; paired (same seed)
-   t-intervals of the accuracy difference between neighbouring ranks and between the best rank
-   and every other; the *measured best* is the rank of highest mean accuracy, its *interval* the
-   candidates not significantly worse than it;
-4. report per spec: predicted r*, measured best with its interval, regret = acc(best) - acc(r*)
-   with its interval, and whether r* is within one candidate of the best.
+1. **Calibration**: the horizon weights of the embedded task's main job (the shipped file,
+   ``tsfa calibrate-weights``; docs/model.md §8b), made on the main job's own system only.
+2. **Specs**: the main job's system, then held-out specs that change its bandwidth, uplink slack
+   (budget in seconds), K, Dirichlet alpha or horizon T.
+3. **Predictors** per spec, over the same candidate ranks: tsfa's r* (calibrated weights), the
+   bound with its default (uncalibrated) constants, the largest candidate whose upload fits
+   every client's budget at rho = 1, and always r = 8.
+4. **Measurement**: SOFT + TSFA controller at every candidate rank, every seed (paired); final
+   accuracy = mean of the last rounds; the *measured best set* = candidates whose paired 95%
+   t-interval of the difference to the highest-mean candidate contains 0. A hit: the predictor's
+   rank is in the best set; a spec whose best set holds 3 or more candidates is *unresolved* and
+   counts as a miss; a spec where some rank defers more than 10% of its uploads is *confounded*
+   (the rank point measures the controller) and is not scored. Regret = acc(best) - acc(r).
+   Every client's time-averaged latency over budget is reported per rank.
 
-Resumable: runs live in the cache of :mod:`tsfa.experiments.cache` (``--store``), pilots in
-``STORE/pilots``; ``validation_rank.csv`` (one row per run) grows as runs finish; replotting
-(``--report-only``) trains nothing. Re-run at a larger size with one command::
+Runs live in the cache of :mod:`tsfa.experiments.cache` (``--store``), so the command resumes
+and re-running it trains nothing new; ``--report-only`` re-renders docs/validation_rank.md.
 
-    python analysis/validate_rank.py --size quick --jobs 2      # this CPU
-    python analysis/validate_rank.py --size paper --jobs 4 --device cuda   # a GPU
-    python analysis/validate_rank.py --size paper --task fashion_mnist --device cuda
+    python analysis/validate_rank.py --size main --jobs 2
 
 Everything here is tsfa's reconstruction on its embedded task, not the paper's results.
 """
@@ -30,6 +28,7 @@ Everything here is tsfa's reconstruction on its embedded task, not the paper's r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -39,114 +38,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsfa.experiments import runs as an
-from tsfa.experiments.cache import lookup, run_many
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIDENCE = 0.95
+MAX_DEFERRAL = 0.10
+UNRESOLVED_AT = 3  # a best set of this many candidates or more is unresolved
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
 
 
-# --------------------------------------------------------------------------- specs
-def heldout_changes(base: an.BaseRun, spec: dict) -> dict:
-    """Dotted RunConfig changes of one held-out spec (``validate_rank.toml [[heldout]]``): W_tot
-    scaled, K and alpha set, and the latency budget frozen in seconds as each client's compute
-    time plus ``slack_factor`` x the calibration spec's mean uplink slack."""
-    from tsfa.experiments.pipeline import resolved_system
-
-    w = base.cfg.system.wireless.bandwidth_total_hz * float(spec.get("bandwidth_factor", 1.0))
-    k = int(spec.get("clients", base.cfg.system.clients.num_clients))
-    alpha = float(spec.get("alpha", base.cfg.system.clients.dirichlet_alpha))
-    slack_s = float(np.mean(base.budget_s - base.compute_s)) * float(spec.get("slack_factor", 1.0))
-    ch = {"wireless.bandwidth_total_hz": w, "clients.num_clients": k,
-          "clients.dirichlet_alpha": alpha, "control.latency_budget_s": []}
-    _, inst, _ = resolved_system(base.cfg.replace(**ch))
-    ch["control.latency_budget_s"] = [float(c + slack_s) for c in inst.compute_s]
-    return ch
-
-
-def task_base(base: an.BaseRun, task: str) -> an.BaseRun:
-    """The base run on another task (``fashion_mnist``: pre-trained backbone, eps(r) from the
-    pilots' spectrum), its latency budget frozen in seconds on its own resolved system."""
-    if task == base.cfg.experiment.task:
-        return base
-    from tsfa.experiments.pipeline import offline_stage
-
-    cfg = base.cfg.replace(**{"experiment.task": task, "bound.eps_model": "power_law",
-                              "bound.spectrum": [], "control.latency_budget_s": []})
-    st = offline_stage(cfg)
-    return an.BaseRun(st.cfg, st.rank, st.system, st.table, st.inst.compute_s, st.inst.budget_s)
-
-
-def spec_row(name: str, ch: dict) -> dict:
-    return {"spec": name, "bandwidth_hz": ch["wireless.bandwidth_total_hz"],
-            "clients": ch["clients.num_clients"], "alpha": ch["clients.dirichlet_alpha"],
-            "mean_budget_s": float(np.mean(ch["control.latency_budget_s"]))}
-
-
-# --------------------------------------------------------------------------- 1. calibration
-def calibrate_on_pilots(base: an.BaseRun, conf: dict, store: Path, seed: int = 0):
-    """Pilots of the calibration spec at ``conf['ranks']`` (saved in ``store/pilots``, reused),
-    then :func:`tsfa.experiments.calibrate.calibrate` with the resolved system as base."""
-    import torch
-
-    from tsfa.experiments.calibrate import calibrate
-    from tsfa.experiments.pilot import PilotConfig, load_pilot, run_pilot, save_pilot
-    from tsfa.fl.build import run_task
-    from tsfa.fl.lora import apply_lora
-    from tsfa.fl.tasks import build_model
-
-    cfg = base.cfg
-    tr = cfg.system.training
-    keys = ("steps", "checkpoints", "minibatches", "pilot_samples", "client_samples",
-            "test_samples")
-    pc = PilotConfig(batch_size=tr.batch_size, learning_rate=tr.learning_rate,
-                     optimizer=cfg.experiment.optimizer, local_steps=tr.local_steps, seed=seed,
-                     **{k: int(conf[k]) for k in keys if k in conf})
-    tag = "-".join(str(int(conf[k])) for k in keys if k in conf)
-    task, pilots = None, []
-    for r in conf["ranks"]:
-        path = store / "pilots" / f"{cfg.system.clients.num_clients}k-r{r}-{tag}-s{seed}"
-        if (path / "summary.json").is_file():
-            pilots.append(load_pilot(path))
-            continue
-        log(f"pilot rank {r}")
-        task = run_task(cfg) if task is None else task
-        model = build_model(task, cfg.experiment)
-        apply_lora(model, int(r), cfg.experiment.lora_alpha,
-                   generator=torch.Generator().manual_seed(seed))
-        res = run_pilot(model, task, pc)
-        save_pilot(res, path, system=base.system)
-        pilots.append(load_pilot(path))
-    return calibrate(pilots, base.system)
-
-
-def predicted_rank(cfg, bound, ranks) -> tuple[int, pd.DataFrame]:
-    """r* of the held-out run config ``cfg`` with the calibrated ``[bound]`` section, over the
-    candidate ``ranks`` (the resolved system of the model trained, budget in seconds)."""
-    from tsfa.control.offline import optimal_rank
-    from tsfa.experiments.pipeline import resolved_system
-    from tsfa.maths.instance import realize
-
-    system, _, _ = resolved_system(cfg)
-    system = system.replace(**{f"bound.{k}": v for k, v in bound.items()},
-                            **{"lora.rank_candidates": [int(r) for r in ranks]})
-    res = optimal_rank(system, realize(system))
-    table = res.solution["table"] if res.solution else pd.DataFrame()
-    return (int(res.solution["rank"]) if res.ok else -1), table
-
-
-def bound_values(system) -> dict:
-    b = system.bound
-    return {k: getattr(b, k) for k in b.__dataclass_fields__}
-
-
-# --------------------------------------------------------------------------- 3. measurement
-def t_interval(diff: np.ndarray, confidence: float) -> tuple[float, float, float]:
-    """Mean and the two-sided Student-t interval of paired differences (nan width if n < 2)."""
+# --------------------------------------------------------------------------- statistics
+def t_interval(diff, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t interval of paired differences (nan width if n < 2)."""
     from scipy import stats
 
     d = np.asarray(diff, float)
@@ -157,150 +63,200 @@ def t_interval(diff: np.ndarray, confidence: float) -> tuple[float, float, float
     return m, m - h, m + h
 
 
-def summarise_spec(acc: pd.DataFrame, r_star: int, confidence: float) -> dict:
-    """One held-out spec from its per-run accuracies (columns rank, seed, final_accuracy):
-    measured best rank, the candidates not significantly worse (paired t, ``confidence``),
-    neighbouring-rank difference intervals, regret of r* with its interval."""
+def best_set(acc: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, list[int],
+                                                                          pd.Series, pd.DataFrame]:
+    """(highest-mean rank, the measured best set, mean accuracy per rank, the seed x rank table)
+    from per-run rows (rank, seed, final_accuracy); seeds missing a rank are dropped (pairing)."""
     piv = acc.pivot(index="seed", columns="rank", values="final_accuracy").dropna()
-    ranks = sorted(piv.columns)
     means = piv.mean()
-    best = int(means.idxmax())
-    tied = [r for r in ranks if r == best or t_interval(piv[best] - piv[r], confidence)[1] <= 0]
-    neigh = []
-    for lo, hi in zip(ranks[:-1], ranks[1:], strict=True):
-        m, a, b = t_interval(piv[hi] - piv[lo], confidence)
-        neigh.append(f"{hi}-{lo}: {m:+.3f} [{a:+.3f}, {b:+.3f}]")
-    out = {"predicted_r_star": r_star, "measured_best": best,
-           "best_interval": f"{min(tied)}..{max(tied)}" if len(tied) > 1 else str(best),
-           "ranks_resolved": len(tied) == 1, "seeds": len(piv),
-           "acc_best": float(means[best]), "neighbour_diffs": "; ".join(neigh),
-           "n_candidates": len(ranks)}
-    if r_star in piv.columns:
-        m, a, b = t_interval(piv[best] - piv[r_star], confidence)
-        out |= {"r_star_index": ranks.index(r_star), "acc_r_star": float(means[r_star]),
-                "regret": m,
-                "regret_lo": a, "regret_hi": b,
-                "steps_off": abs(ranks.index(best) - ranks.index(r_star)),
-                "r_star_in_interval": r_star in tied}
+    top = int(means.idxmax())
+    members = [int(r) for r in piv.columns
+               if r == top or not (t_interval(piv[top] - piv[r], confidence)[1] > 0)]
+    return top, members, means, piv
+
+
+def score(rank: int, acc: pd.DataFrame, confidence: float = CONFIDENCE) -> dict:
+    """Hit (``rank`` in the best set, and the set resolved), regret with its interval."""
+    top, members, means, piv = best_set(acc, confidence)
+    resolved = len(members) < UNRESOLVED_AT
+    out = {"hit": bool(resolved and rank in members), "in_best_set": rank in members}
+    if rank in piv.columns:
+        m, lo, hi = t_interval(piv[top] - piv[rank], confidence)
+        out |= {"regret": m, "regret_lo": lo, "regret_hi": hi}
     else:
-        out |= {"r_star_index": -1, "acc_r_star": math.nan, "regret": math.nan, "regret_lo": math.nan,
-                "regret_hi": math.nan, "steps_off": math.nan, "r_star_in_interval": False}
-    out["within_one"] = bool(out["steps_off"] <= 1) if not math.isnan(out["steps_off"]) else False
+        out |= {"regret": math.nan, "regret_lo": math.nan, "regret_hi": math.nan}
     return out
 
 
-def measure(base, specs, conf, store, jobs, report_only, options) -> pd.DataFrame:
-    """Per-run accuracies of every held-out spec x rank x seed (trained unless cached or
-    ``report_only``); ``store/validation_rank.csv`` rewritten after every spec."""
-    rows = []
-    csv = store / "validation_rank.csv"
-    for name, ch in specs:
-        cfgs = [(int(r), int(s), base.cfg.replace(**ch, **conf["run"], **{
-            "experiment.rank": int(r), "experiment.seed": int(s)}))
-            for s in conf["measure"]["seeds"] for r in conf["measure"]["ranks"]]
-        if report_only:
-            found = [(r, s, lookup(c, store)) for r, s, c in cfgs]
-        else:
-            t0 = time.perf_counter()
-            found = zip([r for r, _, _ in cfgs], [s for _, s, _ in cfgs],
-                        run_many([c for _, _, c in cfgs], store, jobs, log, **options),
-                        strict=True)
-            log(f"{name}: {len(cfgs)} runs in {time.perf_counter() - t0:.0f} s")
-        from tsfa.reporting.results import final_accuracy
+# --------------------------------------------------------------------------- specs
+def main_config():
+    """(stage, calibration, uncalibrated run config) of the main job (``tsfa run`` on the
+    embedded default): budget frozen in seconds on its resolved system; ``stage`` with the
+    shipped calibration applied."""
+    from tsfa.config.experiment import load_run_config
+    from tsfa.experiments.horizon import default_calibration
+    from tsfa.experiments.pipeline import offline_stage
 
-        for r, s, run in found:
-            if run is None:
-                continue
-            rows.append({"spec": name, "rank": r, "seed": s,
-                         "final_accuracy": final_accuracy(run.rounds),
-                         "final_test_loss": final_accuracy(run.rounds, column="test_loss"),
-                         "mean_latency_over_budget": float(
-                             (run.clients["latency_s"].mean()
-                              / np.mean(ch["control.latency_budget_s"]))
-                             if "latency_s" in run.clients else math.nan)})
-        pd.DataFrame(rows).to_csv(csv, index=False)
+    cfg = load_run_config(None)
+    cal = default_calibration(cfg)
+    if cal is None:
+        raise SystemExit("no shipped calibration for the embedded task's main job: run "
+                         "`tsfa calibrate-weights --out tsfa/experiments/configs/"
+                         "calibration_synthetic.toml`")
+    return offline_stage(cfg, calibration=cal), cal, offline_stage(cfg).cfg
+
+
+def spec_changes(stage, spec: dict) -> dict:
+    """Dotted RunConfig changes of one spec of ``validate_rank.toml``: W_tot scaled, K, alpha
+    and T set, and the budget frozen in seconds as each client's compute time plus
+    ``slack_factor`` x the main job's mean uplink slack."""
+    from tsfa.experiments.pipeline import resolved_system
+
+    cfg, s = stage.cfg, stage.cfg.system
+    slack = float(np.mean(stage.inst.budget_s - stage.inst.compute_s))
+    ch = {"wireless.bandwidth_total_hz": s.wireless.bandwidth_total_hz
+          * float(spec.get("bandwidth_factor", 1.0)),
+          "clients.num_clients": int(spec.get("clients", s.clients.num_clients)),
+          "clients.dirichlet_alpha": float(spec.get("alpha", s.clients.dirichlet_alpha)),
+          "training.rounds": int(spec.get("rounds", s.training.rounds))}
+    if spec.get("slack_factor", 1.0) == 1.0 and all(
+            ch[k] == v for k, v in (("clients.num_clients", s.clients.num_clients),
+                                    ("wireless.bandwidth_total_hz",
+                                     s.wireless.bandwidth_total_hz))):
+        ch["control.latency_budget_s"] = list(s.control.latency_budget_s)
+        return ch
+    _, inst, _ = resolved_system(cfg.replace(**ch, **{"control.latency_budget_s": []}))
+    ch["control.latency_budget_s"] = [float(c + float(spec.get("slack_factor", 1.0)) * slack)
+                                      for c in inst.compute_s]
+    return ch
+
+
+def predictions(stage, cal, plain, ch: dict, candidates) -> dict:
+    """r* of tsfa (calibrated), of the default constants, of 'largest rank that fits at rho = 1'
+    and of 'always 8', over ``candidates``, on the spec ``ch``; and tsfa's J table."""
+    from tsfa.control.offline import affordable_rho
+    from tsfa.experiments.pipeline import offline_stage
+
+    cands = [int(r) for r in candidates]
+    cfg = stage.cfg.replace(**ch, **{"lora.rank_candidates": cands})
+    ours = offline_stage(cfg, calibration=cal)
+    default = offline_stage(plain.replace(**ch, **{"lora.rank_candidates": cands}))
+    rho = affordable_rho(ours.system, ours.inst, np.asarray(cands))
+    fits = [r for r, row in zip(cands, rho, strict=True) if np.min(row) >= 1.0]
+    return {"tsfa": ours.rank, "default_weights": default.rank,
+            "largest_fit_rho1": max(fits) if fits else min(cands), "always_8": 8,
+            "table": ours.table, "cfg": ours.cfg, "warnings": list(ours.warnings)}
+
+
+# --------------------------------------------------------------------------- measurement
+def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only) -> pd.DataFrame:
+    """Per-run rows of one spec (trained unless cached or ``report_only``)."""
+    from tsfa.experiments.cache import lookup, run_many
+    from tsfa.reporting.results import final_accuracy
+
+    cfgs = [(int(r), int(s), cfg.replace(**{"experiment.rank": int(r), "experiment.seed": int(s)}))
+            for s in seeds for r in candidates]
+    if report_only:
+        runs = [lookup(c, store) for *_, c in cfgs]
+    else:
+        t0, done = time.perf_counter(), [0]
+
+        def progress(msg):
+            if msg.startswith("finished"):
+                done[0] += 1
+                el = time.perf_counter() - t0
+                log(f"{name}: {done[0]}/{len(cfgs)} runs, {el:.0f} s, ETA "
+                    f"{el / done[0] * (len(cfgs) - done[0]):.0f} s")
+
+        runs = run_many([c for *_, c in cfgs], store, jobs, progress)
+    rows = []
+    for (r, s, _), run in zip(cfgs, runs, strict=True):
+        if run is None:
+            continue
+        cl = run.clients
+        per_client = cl.groupby("client").apply(
+            lambda g: g["latency_s"].mean() / g["budget_s"].iloc[0], include_groups=False)
+        rows.append({"spec": name, "rank": r, "seed": s,
+                     "final_accuracy": final_accuracy(run.rounds),
+                     "deferral_share": float(1.0 - cl["sent"].astype(bool).mean()),
+                     "max_latency_over_budget": float(per_client.max()),
+                     "mean_rho": float(cl.loc[cl["sent"].astype(bool), "rho"].mean())})
     return pd.DataFrame(rows)
 
 
-def build_table(specs_df: pd.DataFrame, acc: pd.DataFrame, confidence: float,
-                min_seeds: int = 1) -> pd.DataFrame:
-    """The out-of-sample table: one row per held-out spec (``specs_df``: spec, predicted_r_star,
-    ...) joined with :func:`summarise_spec` of its runs in ``acc``; specs with fewer than
-    ``min_seeds`` complete seeds (every rank finished) are left out."""
-    rows = []
-    for _, s in specs_df.iterrows():
-        a = acc[acc["spec"] == s["spec"]]
-        if a.empty:
-            continue
-        row = {**s.to_dict(), **summarise_spec(a, int(s["predicted_r_star"]), confidence)}
-        if row["seeds"] < min_seeds:  # a spec whose runs are still training
-            continue
-        ranks = sorted(a["rank"].unique())
-        d = s.get("r_star_default_constants")
-        if d is not None and not pd.isna(d) and int(d) in ranks:
-            row["default_within_one"] = abs(ranks.index(int(d))
-                                            - ranks.index(row["measured_best"])) <= 1
-        rows.append(row)
-    return pd.DataFrame(rows)
+def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame) -> dict:
+    """One line of the validation table: the spec, every predictor's rank and score."""
+    row = {"spec": name, "bandwidth_hz": ch["wireless.bandwidth_total_hz"],
+           "clients": ch["clients.num_clients"], "alpha": ch["clients.dirichlet_alpha"],
+           "rounds": ch["training.rounds"],
+           "mean_budget_s": float(np.mean(ch["control.latency_budget_s"]))}
+    for k in ("tsfa", "default_weights", "largest_fit_rho1", "always_8"):
+        row[f"r_{k}"] = pred[k]
+    if acc.empty:
+        return row | {"status": "not run"}
+    top, members, means, piv = best_set(acc)
+    confounded = acc.groupby("rank")["deferral_share"].mean().max() > MAX_DEFERRAL
+    row |= {"seeds": len(piv), "measured_top": top,
+            "best_set": " ".join(str(r) for r in members),
+            "status": ("confounded" if confounded else "unresolved"
+                       if len(members) >= UNRESOLVED_AT else "resolved"),
+            "max_latency_over_budget": float(acc["max_latency_over_budget"].max())}
+    for k in ("tsfa", "default_weights", "largest_fit_rho1", "always_8"):
+        sc = score(pred[k], acc)
+        row[f"hit_{k}"] = bool(sc["hit"] and not confounded)
+        row[f"regret_{k}"] = sc["regret"]
+        if k == "tsfa":
+            row |= {"regret_lo": sc["regret_lo"], "regret_hi": sc["regret_hi"]}
+    return row
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="quick", choices=an.SIZES)
+    p.add_argument("--size", default="main", choices=("tiny", "main"))
     p.add_argument("--store", default="figures/runs")
-    p.add_argument("--out", default=None,
-                   help="report (default docs/validation_rank.md, _fmnist for Fashion-MNIST)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes for training")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--task", default="synthetic", choices=("synthetic", "fashion_mnist"),
-                   help="embedded task (known spectrum) or Fashion-MNIST (pre-trained backbone)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "validation_rank.md"))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--specs", type=int, default=None, help="only the first N specs")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the cache")
     a = p.parse_args(argv)
+    from tsfa.experiments.runs import analysis_config
     from tsfa.fl.device import set_threads
 
-    if a.out is None:
-        a.out = str(ROOT / "docs" / ("validation_rank.md" if a.task == "synthetic"
-                                     else f"validation_rank_{a.task}.md"))
-
     set_threads(1)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    # the main size is the file's base tables (no [size.*] override); tiny is the test suite's
+    conf = analysis_config("validate_rank", "tiny" if a.size == "tiny" else "full")
+    m = conf["measure"]
     store = Path(a.store)
     store.mkdir(parents=True, exist_ok=True)
-    conf = an.analysis_config("validate_rank", a.size)
-    base = task_base(an.base_run(a.size), a.task)
-    log(f"calibration spec: K = {base.cfg.system.clients.num_clients}, "
-        f"alpha = {base.cfg.system.clients.dirichlet_alpha:g}")
-    cal = calibrate_on_pilots(base, conf["pilot"], store)
-    bound = bound_values(cal.spec)
-    log(f"calibrated in {time.perf_counter() - t0:.0f} s")
-    ranks = conf["measure"]["ranks"]
-    specs = [(h["name"], heldout_changes(base, h)) for h in conf["heldout"]]
-    saved = store / f"validation_rank_specs-{a.task}-{a.size}.csv"
-    if a.report_only and saved.is_file():  # predictions of the training invocation, reused
-        specs_df = pd.read_csv(saved)
-    else:
-        srows = []
-        for name, ch in specs:
-            r_star, _ = predicted_rank(base.cfg.replace(**ch), bound, ranks)
-            r_def, _ = predicted_rank(base.cfg.replace(**ch), bound_values(base.system), ranks)
-            srows.append({**spec_row(name, ch), "predicted_r_star": r_star,
-                          "r_star_default_constants": r_def})
-        specs_df = pd.DataFrame(srows)
-        specs_df.to_csv(saved, index=False)
-    log("predicted r*: " + ", ".join(f"{r.spec} {r.predicted_r_star}"
-                                     for r in specs_df.itertuples()))
-    options = {} if a.device == "cpu" else {"device": a.device}
-    acc = measure(base, specs, conf, store, a.jobs, a.report_only, options)
-    table = build_table(specs_df, acc, float(conf["measure"]["confidence"]),
-                        min_seeds=len(conf["measure"]["seeds"]))
+    stage, cal, plain = main_config()
+    run = conf.get("run", {})
+    stage = dataclasses.replace(stage, cfg=stage.cfg.replace(**run))
+    plain = plain.replace(**run)
+    specs = [{"name": "main job"}, *conf.get("heldout", [])][: a.specs]
+    rows, accs, tables = [], [], []
+    for spec in specs:
+        ch = spec_changes(stage, spec)
+        pred = predictions(stage, cal, plain, ch, m["candidates"])
+        log(f"{spec['name']}: r* = {pred['tsfa']} (default {pred['default_weights']}, fits at "
+            f"rho = 1 {pred['largest_fit_rho1']})")
+        acc = run_rows(spec["name"], pred["cfg"], m["candidates"], m["seeds"], store, a.jobs,
+                       a.report_only)
+        accs.append(acc)
+        tables.append(pred["table"].assign(spec=spec["name"]))
+        rows.append(spec_row(spec["name"], ch, pred, acc))
+        pd.DataFrame(rows).to_csv(store / "validation_rank_specs.csv", index=False)
+        pd.concat(accs).to_csv(store / "validation_rank_runs.csv", index=False)
     import validation_report as report
 
-    elapsed = time.perf_counter() - t0
     out = Path(a.out)
-    out.write_text(report.render_rank(a, base, conf, cal, table, acc, elapsed,
-                                      os.getloadavg()), encoding="utf-8")
-    table.to_csv(store / "validation_rank_table.csv", index=False)
-    log(f"wrote {out} ({elapsed:.0f} s)")
+    cost = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0,
+            "load": os.getloadavg()}
+    out.write_text(report.render_rank_horizon(a, conf, cal, pd.DataFrame(rows),
+                                              pd.concat(accs, ignore_index=True),
+                                              pd.concat(tables, ignore_index=True), cost),
+                   encoding="utf-8")
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,11 @@ class ControlSpec(_Section):
                        "D_k = T^cmp_k + deadline_factor (Tbar_k - T^cmp_k) is not sent that round; "
                        "it stays in the error-feedback memory) or none (no deadline: deep fades "
                        "make the mean latency unbounded)", choices=("defer", "none"), kind=str)
+    queue_start: str = _f("steady", "virtual queues at round 0: steady (each client's 90th "
+                          "percentile of its queue in a simulation of the controller on fading "
+                          "draws disjoint from the run's, so that the time-averaged latency over "
+                          "the run's own rounds stays within budget, docs/model.md §4) or zero",
+                          choices=("steady", "zero"), kind=str)
     deadline_factor: float = _f(4.0, "D_k = T^cmp_k + this factor x (Tbar_k - T^cmp_k): the longest "
                                 "upload allowed in one round, in units of the uplink budget", "",
                                 1.0, 1e6, kind=float)

@@ -60,6 +60,36 @@ def run_rounds(policy, mean_gamma_hz, n_rounds: int, seed, queues0=None,
         q = q_new
 
 
+#: First round of a warm-start simulation: its fading draws are disjoint from a run's rounds.
+WARM_START_OFFSET = 10**9
+#: Quantile of the stationary queue used as the warm start (docs/model.md §4, finite horizon).
+WARM_START_QUANTILE = 0.9
+
+
+def steady_queues(policy, mean_gamma_hz, horizon: int, seed,
+                  quantile: float = WARM_START_QUANTILE) -> np.ndarray:
+    """Warm-start virtual queues Q^0 [s] (docs/model.md §4, "Finite horizon"): ``policy``
+    simulated from zero queues for ``2 clip(5 horizon, 100, 1000)`` rounds on fading draws disjoint from
+    a run's (rounds from :data:`WARM_START_OFFSET`, same ``seed``), each queue's ``quantile``
+    over the second half (its stationary level). Since ``sum_t (T_k^t - Tbar_k) <= Q_k^T -
+    Q_k^0``, a run started there exceeds its budget on average over its T rounds only where
+    its end queue exceeds this quantile, and then by ``(Q_k^T - Q_k^0) / T``."""
+    n = 2 * min(max(5 * int(horizon), 100), 1000)
+    qs = [rec.queue_s for rec in run_rounds(policy, mean_gamma_hz, n, seed,
+                                            start=WARM_START_OFFSET)]
+    return np.quantile(np.asarray(qs[n // 2:]), quantile, axis=0)
+
+
+def start_queues(policy, spec, mean_gamma_hz, horizon: int, seed) -> np.ndarray | None:
+    """Q^0 of a run under ``spec.control.queue_start``: :func:`steady_queues` for the Lyapunov
+    controller under ``steady``; None (start from zero) otherwise."""
+    from tsfa.control.lyapunov import LyapunovController
+
+    if spec.control.queue_start == "steady" and isinstance(policy, LyapunovController):
+        return steady_queues(policy, mean_gamma_hz, horizon, seed)
+    return None
+
+
 class RunningSummary:
     """Per-client time averages of a stream of :class:`RoundRecord` in O(K) memory, plus running
     traces (time-averaged latency over budget and queue) of up to ``trace_clients`` clients."""

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from tsfa.config.experiment import RunConfig
 from tsfa.config.spec import SystemSpec
 from tsfa.control.from_spec import make_policy
+from tsfa.control.simulate import start_queues
 from tsfa.fl import metrics as mx
 from tsfa.fl.aggregate import aggregate, fedavg
 from tsfa.fl.build import Data, lora_model, run_task, test_data
@@ -132,7 +133,9 @@ class Server:
 
     def initial_state(self) -> ServerState:
         glob = GlobalModel(get_factors(self.model), get_head_state(self.model))
-        return ServerState(0, glob, np.zeros(self.num_clients))
+        q0 = start_queues(self.policy, self.system, self.inst.mean_gamma_hz,
+                          self.system.training.rounds, self.cfg.experiment.seed)
+        return ServerState(0, glob, np.zeros(self.num_clients) if q0 is None else q0)
 
     def plan(self, state: ServerState) -> RoundPlan:
         """Start of round t: fading draw and the policy's decision per client."""

@@ -124,7 +124,7 @@ def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver
     inputs, plus summary, average_penalty, traces and late_rounds (rounds in which a sender
     ended after its deadline: 0 by construction).
     """
-    from tsfa.control.simulate import RoundsTable, RunningSummary, run_rounds
+    from tsfa.control.simulate import RoundsTable, RunningSummary, run_rounds, start_queues
 
     setup = control_setup(spec, V, solver, rank, policy, rho) if setup is None else setup
     if setup["status"] != "optimal":
@@ -133,7 +133,8 @@ def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver
     keep = (pol.n_clients * rounds <= 1_000_000) if keep_rounds is None else keep_rounds
     acc = RunningSummary(pol)
     sinks = [acc.add, *sinks] + ([table := RoundsTable(pol.n_clients)] if keep else [])
-    for rec in run_rounds(pol, inst.mean_gamma_hz, rounds, spec.clients.seed):
+    q0 = start_queues(pol, spec, inst.mean_gamma_hz, rounds, spec.clients.seed)
+    for rec in run_rounds(pol, inst.mean_gamma_hz, rounds, spec.clients.seed, q0):
         for sink in sinks:
             sink(rec)
     out = {k: v for k, v in setup.items() if k not in ("policy", "inst")}

@@ -196,7 +196,7 @@ def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame) -> dict:
         return row | {"status": "not run"}
     top, members, means, piv = best_set(acc)
     confounded = acc.groupby("rank")["deferral_share"].mean().max() > MAX_DEFERRAL
-    row |= {"seeds": len(piv), "measured_top": top,
+    row |= {"seeds": len(piv), "measured_top": top, "largest_candidate": int(max(piv.columns)),
             "best_set": " ".join(str(r) for r in members),
             "status": ("confounded" if confounded else "unresolved"
                        if len(members) >= UNRESOLVED_AT else "resolved"),

@@ -1,10 +1,9 @@
-"""The out-of-sample table of analysis/validate_rank.py: measured best rank, its interval,
-regret and the within-one-candidate verdict from per-run accuracies (no training)."""
+"""The scoring of analysis/validate_rank.py: the measured best set, hits, regret, confounded and
+unresolved specs, and the verdict lines, from per-run accuracies (no training)."""
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -23,51 +22,62 @@ def vr():
     return mod
 
 
-def accuracies(spec, means, noise):
+def runs(spec, means, noise, deferral=0.0):
     """Per-run rows: rank r at seed s has accuracy means[r] + noise[s]."""
-    return pd.DataFrame([{"spec": spec, "rank": r, "seed": s, "final_accuracy": m + e}
+    return pd.DataFrame([{"spec": spec, "rank": r, "seed": s, "final_accuracy": m + e,
+                          "deferral_share": deferral, "max_latency_over_budget": 1.0}
                          for r, m in means.items() for s, e in enumerate(noise)])
 
 
-def test_resolved_best_and_regret(vr):
-    acc = accuracies("a", {2: 0.50, 4: 0.60, 8: 0.55}, [0.0, 0.01, -0.01])
-    specs = pd.DataFrame([{"spec": "a", "predicted_r_star": 8}])
-    t = vr.build_table(specs, acc, 0.95)
-    row = t.iloc[0]
-    assert row["measured_best"] == 4 and row["best_interval"] == "4" and row["ranks_resolved"]
-    assert row["regret"] == pytest.approx(0.05)  # same seed noise cancels in paired differences
-    assert row["regret_lo"] == pytest.approx(0.05) and row["within_one"]
-    assert row["steps_off"] == 1 and not row["r_star_in_interval"]
+CH = {"wireless.bandwidth_total_hz": 2e4, "clients.num_clients": 10,
+      "clients.dirichlet_alpha": 0.5, "training.rounds": 100, "control.latency_budget_s": [8.0]}
 
 
-def test_unresolved_ranks_give_an_interval(vr):
-    acc = pd.DataFrame([{"spec": "b", "rank": r, "seed": s, "final_accuracy": a}
-                        for r, vals in {1: [0.2, 0.3, 0.1], 2: [0.25, 0.2, 0.22],
-                                        8: [0.3, 0.1, 0.15]}.items()
-                        for s, a in enumerate(vals)])
-    t = vr.build_table(pd.DataFrame([{"spec": "b", "predicted_r_star": 1}]), acc, 0.95)
-    row = t.iloc[0]
-    assert not row["ranks_resolved"] and ".." in row["best_interval"]
-    assert row["r_star_in_interval"] and row["steps_off"] == 1
-    assert row["regret_lo"] < 0 < row["regret_hi"]
+def pred(r):
+    return {"tsfa": r, "default_weights": 2, "largest_fit_rho1": 2, "always_8": 8}
 
 
-def test_missing_spec_is_skipped_and_prediction_outside_grid_is_nan(vr):
-    acc = accuracies("c", {2: 0.4, 4: 0.5}, [0.0, 0.02])
-    specs = pd.DataFrame([{"spec": "c", "predicted_r_star": 16},
-                          {"spec": "not run", "predicted_r_star": 2}])
-    t = vr.build_table(specs, acc, 0.9)
-    assert list(t["spec"]) == ["c"]
-    assert math.isnan(t.iloc[0]["regret"]) and not t.iloc[0]["within_one"]
+def test_best_set_paired(vr):
+    acc = runs("a", {2: 0.50, 4: 0.60, 8: 0.59}, [0.0, 0.02, -0.02, 0.01, -0.01])
+    top, members, means, _ = vr.best_set(acc)
+    assert top == 4 and members == [4]  # 8 is 1 point below on every seed: resolved
+    acc.loc[(acc["rank"] == 8) & (acc["seed"] == 1), "final_accuracy"] += 0.05  # now noisy
+    assert vr.best_set(acc)[1] == [4, 8]
 
 
-def test_verdicts_count_hits_and_regret(vr):
+def test_score_hit_and_regret(vr):
+    acc = runs("a", {2: 0.50, 4: 0.60, 8: 0.55}, [0.0, 0.01, -0.01])
+    sc = vr.score(8, acc)
+    assert not sc["hit"] and sc["regret"] == pytest.approx(0.05)  # seed noise cancels
+    assert sc["regret_lo"] == pytest.approx(0.05)
+    assert vr.score(4, acc)["hit"] and vr.score(4, acc)["regret"] == 0
+
+
+def test_unresolved_is_a_miss_and_confounded_is_not_scored(vr):
+    flat = pd.DataFrame([{"spec": "b", "rank": r, "seed": s, "final_accuracy": a,
+                          "deferral_share": 0.0, "max_latency_over_budget": 1.0}
+                         for r, vals in {1: [0.2, 0.3, 0.1], 2: [0.25, 0.2, 0.22],
+                                         4: [0.3, 0.1, 0.15]}.items()
+                         for s, a in enumerate(vals)])
+    row = vr.spec_row("b", CH, pred(2), flat)
+    assert row["status"] == "unresolved" and not row["hit_tsfa"]
+    assert vr.score(2, flat)["in_best_set"]
+    conf = runs("c", {2: 0.5, 4: 0.6}, [0.0, 0.01], deferral=0.2)
+    row = vr.spec_row("c", CH, pred(4), conf)
+    assert row["status"] == "confounded" and not row["hit_tsfa"]
+
+
+def test_verdicts_count_hits_rules_and_never_moved(vr):
     import validation_report as report
 
-    acc = pd.concat([accuracies(f"s{i}", {2: 0.5, 4: 0.6, 8: 0.58}, [0.0, 0.01, -0.01])
-                     for i in range(6)], ignore_index=True)
-    specs = pd.DataFrame([{"spec": f"s{i}", "predicted_r_star": 4 if i < 5 else 2}
-                          for i in range(6)])
-    text = "\n".join(report.rank_verdicts(vr.build_table(specs, acc, 0.95), 6))
-    assert "on 6 of 6" in text and "met" in text
-    assert "Mean regret 1.67 accuracy points (target < 1): missed" in text
+    rows = [vr.spec_row("main job", CH, pred(8), runs("main job", {2: 0.5, 8: 0.6, 16: 0.6},
+                                                         [0.0, 0.01, -0.01]))]
+    for i in range(6):
+        acc = runs(f"s{i}", {2: 0.5, 8: 0.59, 16: 0.6}, [0.0, 0.01, -0.01, 0.02, -0.02])
+        rows.append(vr.spec_row(f"s{i}", CH, pred(16 if i < 5 else 2), acc))
+    text = "\n".join(report.horizon_verdicts(pd.DataFrame(rows), 6))
+    assert "r* in the measured best set on 5 of 6 held-out specs" in text and "met" in text
+    assert "the measured best never moved" in text
+    assert "always r = 8: 0 hits of 6" in text
+    assert "Main job's own system: r* = 8, measured best set {8, 16}" in text
+    assert "r* is in it" in text

@@ -135,7 +135,7 @@ def calibrate_weights_cmd(
     import time
 
     from tsfa.config.experiment import load_run_config
-    from tsfa.experiments.cache import run_many
+    from tsfa.experiments.cache import lookup, run_many
     from tsfa.experiments.horizon import calibration_table, fit_calibration, write_calibration
     from tsfa.experiments.pipeline import offline_stage
     from tsfa.experiments.weights import PilotPlan, pilot_configs, pilot_table
@@ -149,18 +149,19 @@ def calibrate_weights_cmd(
     except (SpecError, ValueError) as exc:
         fail(str(exc))
     pilots = pilot_configs(stage.cfg, plan)
+    todo = sum(lookup(c, store) is None for *_, c in pilots)
     t0, done = time.perf_counter(), [0]
 
     def log(msg: str) -> None:
         if msg.startswith("finished"):
             done[0] += 1
             el = time.perf_counter() - t0
-            eta = el / done[0] * (len(pilots) - done[0])
-            console.print(f"pilot {done[0]}/{len(pilots)} {msg.split()[-1]}: {el:.0f} s, ETA "
+            eta = el / done[0] * (todo - done[0])
+            console.print(f"pilot {done[0]}/{todo} {msg.split()[-1]}: {el:.0f} s, ETA "
                           f"{eta:.0f} s (load {os.getloadavg()[0]:.1f})")
 
-    console.print(f"{len(pilots)} pilots x {stage.cfg.system.training.rounds} rounds in {store} "
-                  f"({jobs} worker(s)); cached pilots are reused")
+    console.print(f"{len(pilots)} pilots x {stage.cfg.system.training.rounds} rounds, {todo} to "
+                  f"train in {store} ({jobs} worker(s)); cached pilots are reused")
     runs = run_many([c for *_, c in pilots], store, jobs, log)
     table = pilot_table(pilots, runs)
     fit_cfg = stage.cfg

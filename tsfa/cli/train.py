@@ -172,7 +172,20 @@ def train_cmd(
             "cov_fro", "orth_defect"]
     print_frame(result.rounds[cols].tail(5), f"Last rounds ({cfg.experiment.method}, "
                 f"{cfg.experiment.controller}, r = {cfg.experiment.rank})")
+    _print_budget(result)
     console.print(f"results in {out}")
+
+
+def _print_budget(result) -> None:
+    """The run's deferral share and each client's time-averaged latency over its budget."""
+    cl = result.clients
+    if cl is None or cl.empty or "sent" not in cl:
+        return
+    ratio = cl.groupby("client")["latency_s"].mean() / cl.groupby("client")["budget_s"].first()
+    deferred = 1.0 - float(cl["sent"].astype(bool).mean())
+    console.print(f"uploads deferred: {100 * deferred:.1f}% of client-rounds; time-averaged "
+                  f"latency / budget: max {ratio.max():.4f} (client {int(ratio.idxmax())}), "
+                  f"mean {ratio.mean():.4f}")
 
 
 @app.command("run")
@@ -224,7 +237,8 @@ def run_cmd(
 
     console.print(f"[bold]2/3 online stage[/bold]: controller at r* = {stage.rank} over "
                   f"{control_rounds} rounds")
-    ctl = control_report(stage.system, control_rounds, rank=stage.rank)
+    ctl = control_report(stage.system, control_rounds, rank=stage.rank,
+                         horizon=stage.cfg.system.training.rounds)
     write_control(out / "control", stage.system, ctl, rounds=control_rounds)
     print_frame(ctl["summary"][["client", "latency_ratio", "mean_rho", "mean_bandwidth_share"]],
                 "time-averaged latency / budget per client")
@@ -237,3 +251,4 @@ def run_cmd(
     console.print(f"final accuracy {final_accuracy(result.rounds):.3f} (mean of the last rounds) "
                   f"after {len(result.rounds)} rounds at r = {stage.cfg.experiment.rank}; "
                   f"results in {out}")
+    _print_budget(result)

@@ -113,7 +113,8 @@ def check_rank(spec: SystemSpec, rank, option: str = "--rank") -> int:
 
 def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver: str = "joint",
                    rank: int | None = None, policy: str = "tsfa", rho: float = 1.0,
-                   sinks=(), keep_rounds: bool | None = None, setup: dict | None = None) -> dict:
+                   sinks=(), keep_rounds: bool | None = None, setup: dict | None = None,
+                   horizon: int | None = None) -> dict:
     """Simulate the online stage for ``rounds`` rounds of block Rayleigh fading (docs/model.md §4).
 
     Fading: :func:`tsfa.maths.wireless.fading_gains` with ``clients.seed`` (the trainer's draw).
@@ -122,7 +123,9 @@ def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver
     per-round table ``rounds`` is returned only with ``keep_rounds`` (default: when K x rounds is
     at most 1e6). Returns the setup's status, rank, V, solver, policy, budgets, warnings and P2
     inputs, plus summary, average_penalty, traces and late_rounds (rounds in which a sender
-    ended after its deadline: 0 by construction).
+    ended after its deadline: 0 by construction). Queues start as ``control.queue_start`` says
+    (:func:`tsfa.control.simulate.start_queues`) for a run of ``horizon`` rounds (default
+    ``rounds``).
     """
     from tsfa.control.simulate import RoundsTable, RunningSummary, run_rounds, start_queues
 
@@ -133,7 +136,8 @@ def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver
     keep = (pol.n_clients * rounds <= 1_000_000) if keep_rounds is None else keep_rounds
     acc = RunningSummary(pol)
     sinks = [acc.add, *sinks] + ([table := RoundsTable(pol.n_clients)] if keep else [])
-    q0 = start_queues(pol, spec, inst.mean_gamma_hz, rounds, spec.clients.seed)
+    q0 = start_queues(pol, spec, inst.mean_gamma_hz, rounds if horizon is None else horizon,
+                      spec.clients.seed)
     for rec in run_rounds(pol, inst.mean_gamma_hz, rounds, spec.clients.seed, q0):
         for sink in sinks:
             sink(rec)

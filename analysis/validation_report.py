@@ -471,6 +471,14 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
                         "r_tsfa", "r_default_weights", "r_largest_fit_rho1", "r_always_8",
                         "seeds", "measured_top", "best_set", "status", "regret_tsfa",
                         "regret_lo", "regret_hi", "max_latency_over_budget"] if c in table]
+    main = table[table["spec"] == "main job"]
+    if len(acc) and len(main) and main.iloc[0].get("status", "not run") != "not run":
+        figdir = Path(a.out).parent / "validation"
+        figdir.mkdir(parents=True, exist_ok=True)
+        plot_rank_main(acc[acc["spec"] == "main job"], jtables[jtables["spec"] == "main job"],
+                       main.iloc[0].to_dict(), cal, figdir / "rank_main.png")
+        lines += ["![Fig. 1 with the calibrated J on the main job's system](validation/"
+                  "rank_main.png)", ""]
     lines += ["## Validation table", "", md_table(table[cols]), "",
               "## Verdict (computed from the table)", "",
               *horizon_verdicts(table, len(conf.get("heldout", []))), "",
@@ -479,3 +487,43 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
                 "--jobs 2` trains them (about 5 CPU-minutes per run at one thread)."
                 for _, r in table.iterrows() if r.get("status", "not run") == "not run"], ""]
     return "\n".join(lines)
+
+
+def plot_rank_main(acc: pd.DataFrame, jtable: pd.DataFrame, row: dict, cal, path) -> None:
+    """Fig. 1 with the calibrated J(r) on the main job's system: predicted accuracy 1 - e0 - J(r)
+    (its band: e0's standard error) against the measured mean with paired 95% t-intervals to the
+    top rank, r* and the measured best set marked; seeds in the caption."""
+    from scipy import stats
+
+    piv = acc.pivot(index="seed", columns="rank", values="final_accuracy").dropna()
+    ranks = np.array(sorted(piv.columns))
+    means = piv.mean()
+    top = int(means.idxmax())
+    n = len(piv)
+    half = [0.0 if r == top or n < 2 else float(stats.t.ppf(0.975, n - 1)
+                                                  * (piv[top] - piv[r]).std(ddof=1) / math.sqrt(n))
+            for r in ranks]
+    jt = jtable.set_index("rank").loc[ranks]
+    e0 = cal.weights["error_floor"]
+    pred = 1.0 - e0.value - jt["J"].to_numpy()
+    members = [int(x) for x in str(row["best_set"]).split()]
+    with plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.9), constrained_layout=True)
+        ax.fill_between(ranks, pred - 1.96 * e0.stderr, pred + 1.96 * e0.stderr, color="C0",
+                        alpha=0.2, lw=0)
+        ax.plot(ranks, pred, "C0--o", ms=3, lw=1, label="predicted: $1 - e_0 - J(r)$ (calibrated)")
+        ax.errorbar(ranks, means[ranks].to_numpy(), yerr=half, fmt="k-o", ms=3, lw=1, capsize=2,
+                    label=f"measured, {n} seeds (bars: paired 95% CI to r = {top})")
+        ax.plot(members, means[members].to_numpy(), "s", mfc="none", mec="C2", ms=9,
+                label="measured best set")
+        ax.axvline(int(row["r_tsfa"]), color="C3", ls=":", lw=1,
+                   label=f"tsfa r* = {int(row['r_tsfa'])}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("LoRA rank $r$")
+        ax.set_ylabel("test accuracy (mean of the last rounds)")
+        ax.legend(fontsize=5.5)
+        ax.set_title("Fig. 1 (calibrated J): main job's system, SOFT + TSFA, T = "
+                     f"{int(row['rounds'])}; seeds {list(piv.index)}\ntsfa reconstruction on "
+                     "the embedded task, not the paper's results", fontsize=6)
+        fig.savefig(path, dpi=200)
+        plt.close(fig)

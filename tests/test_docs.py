@@ -21,7 +21,7 @@ def commands() -> list[str]:
 
 def sections() -> dict[str, str]:
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
-    parts = re.split(r"^## tsfa (\w+)\s*$", text, flags=re.M)
+    parts = re.split(r"^## tsfa ([\w-]+)\s*$", text, flags=re.M)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 

@@ -81,3 +81,20 @@ def test_verdicts_count_hits_rules_and_never_moved(vr):
     assert "always r = 8: 0 hits of 6" in text
     assert "Main job's own system: r* = 8, measured best set {8, 16}" in text
     assert "r* is in it" in text
+
+
+@pytest.mark.slow
+def test_script_runs_at_tiny_size(tmp_path):
+    """The whole command at the test suite's size: trains, scores, writes the report and fig. 1."""
+    import subprocess
+
+    out = tmp_path / "docs" / "validation_rank.md"
+    res = subprocess.run([sys.executable, str(ANALYSIS / "validate_rank.py"), "--size", "tiny",
+                          "--jobs", "1", "--specs", "1", "--store", str(tmp_path / "runs"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = out.read_text()
+    assert "## Validation table" in text and "Main job's own system: r* =" in text
+    assert (tmp_path / "docs" / "validation" / "rank_main.png").stat().st_size > 10_000
+    runs = pd.read_csv(tmp_path / "runs" / "validation_rank_runs.csv")
+    assert sorted(runs["rank"].unique()) == [1, 2, 4] and sorted(runs["seed"].unique()) == [0, 1]

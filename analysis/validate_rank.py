@@ -65,14 +65,21 @@ def t_interval(diff, confidence: float = CONFIDENCE) -> tuple[float, float, floa
 
 def best_set(acc: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, list[int],
                                                                           pd.Series, pd.DataFrame]:
-    """(highest-mean rank, the measured best set, mean accuracy per rank, the seed x rank table)
-    from per-run rows (rank, seed, final_accuracy); seeds missing a rank are dropped (pairing)."""
-    piv = acc.pivot(index="seed", columns="rank", values="final_accuracy").dropna()
-    means = piv.mean()
-    top = int(means.idxmax())
-    members = [int(r) for r in piv.columns
-               if r == top or not (t_interval(piv[top] - piv[r], confidence)[1] > 0)]
-    return top, members, means, piv
+    """(top rank, the measured best set, mean accuracy per rank over its own seeds, the seed x
+    rank table) from per-run rows (rank, seed, final_accuracy). The top rank is the highest mean
+    over the seeds common to the ranks with the most seeds (a sequential design adds seeds to the
+    contenders only); a rank is in the best set when its paired t-interval to the top, over the
+    seeds they share, contains 0."""
+    piv = acc.pivot(index="seed", columns="rank", values="final_accuracy")
+    counts = piv.count()
+    full = piv[counts[counts == counts.max()].index].dropna()
+    top = int(full.mean().idxmax())
+    members = []
+    for r in piv.columns:
+        d = (piv[top] - piv[r]).dropna()
+        if r == top or (len(d) and not t_interval(d, confidence)[1] > 0):
+            members.append(int(r))
+    return top, members, piv.mean(), piv
 
 
 def score(rank: int, acc: pd.DataFrame, confidence: float = CONFIDENCE) -> dict:
@@ -81,7 +88,7 @@ def score(rank: int, acc: pd.DataFrame, confidence: float = CONFIDENCE) -> dict:
     resolved = len(members) < UNRESOLVED_AT
     out = {"hit": bool(resolved and rank in members), "in_best_set": rank in members}
     if rank in piv.columns:
-        m, lo, hi = t_interval(piv[top] - piv[rank], confidence)
+        m, lo, hi = t_interval((piv[top] - piv[rank]).dropna(), confidence)
         out |= {"regret": m, "regret_lo": lo, "regret_hi": hi}
     else:
         out |= {"regret": math.nan, "regret_lo": math.nan, "regret_hi": math.nan}
@@ -149,24 +156,41 @@ def predictions(stage, cal, plain, ch: dict, candidates) -> dict:
 
 
 # --------------------------------------------------------------------------- measurement
-def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only) -> pd.DataFrame:
-    """Per-run rows of one spec (trained unless cached or ``report_only``)."""
+def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only,
+             first_seeds: int | None = None) -> pd.DataFrame:
+    """Per-run rows of one spec (trained unless cached or ``report_only``). Sequential design:
+    every candidate at the first ``first_seeds`` seeds, then the remaining seeds only for the
+    candidates in the best set of those (more seeds where the gaps are small)."""
+    first = list(seeds) if first_seeds is None else list(seeds)[:first_seeds]
+    rows = _measure(name, cfg, [(r, s) for s in first for r in candidates], store, jobs,
+                    report_only)
+    rest = [s for s in seeds if s not in first]
+    if rest:
+        members = candidates if report_only or rows.empty else best_set(rows)[1]
+        more = _measure(name, cfg, [(r, s) for s in rest for r in candidates if r in members],
+                        store, jobs, report_only)
+        rows = pd.concat([rows, more], ignore_index=True)
+    return rows
+
+
+def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
     from tsfa.experiments.cache import lookup, run_many
     from tsfa.reporting.results import final_accuracy
 
     cfgs = [(int(r), int(s), cfg.replace(**{"experiment.rank": int(r), "experiment.seed": int(s)}))
-            for s in seeds for r in candidates]
+            for r, s in pairs]
     if report_only:
         runs = [lookup(c, store) for *_, c in cfgs]
     else:
+        todo = sum(lookup(c, store) is None for *_, c in cfgs)
         t0, done = time.perf_counter(), [0]
 
         def progress(msg):
             if msg.startswith("finished"):
                 done[0] += 1
                 el = time.perf_counter() - t0
-                log(f"{name}: {done[0]}/{len(cfgs)} runs, {el:.0f} s, ETA "
-                    f"{el / done[0] * (len(cfgs) - done[0]):.0f} s")
+                log(f"{name}: {done[0]}/{todo} runs trained, {el:.0f} s, ETA "
+                    f"{el / done[0] * (todo - done[0]):.0f} s")
 
         runs = run_many([c for *_, c in cfgs], store, jobs, progress)
     rows = []
@@ -180,7 +204,8 @@ def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only) -> pd.
                      "final_accuracy": final_accuracy(run.rounds),
                      "deferral_share": float(1.0 - cl["sent"].astype(bool).mean()),
                      "max_latency_over_budget": float(per_client.max()),
-                     "mean_rho": float(cl.loc[cl["sent"].astype(bool), "rho"].mean())})
+                     "mean_rho": float(cl.loc[cl["sent"].astype(bool), "rho"].mean()),
+                     "train_wall_s": float(run.rounds["wall_s"].sum())})
     return pd.DataFrame(rows)
 
 
@@ -196,7 +221,7 @@ def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame) -> dict:
         return row | {"status": "not run"}
     top, members, means, piv = best_set(acc)
     confounded = acc.groupby("rank")["deferral_share"].mean().max() > MAX_DEFERRAL
-    row |= {"seeds": len(piv), "measured_top": top, "largest_candidate": int(max(piv.columns)),
+    row |= {"seeds": int(piv.count().max()), "measured_top": top, "largest_candidate": int(max(piv.columns)),
             "best_set": " ".join(str(r) for r in members),
             "status": ("confounded" if confounded else "unresolved"
                        if len(members) >= UNRESOLVED_AT else "resolved"),
@@ -241,7 +266,7 @@ def main(argv=None) -> None:
         log(f"{spec['name']}: r* = {pred['tsfa']} (default {pred['default_weights']}, fits at "
             f"rho = 1 {pred['largest_fit_rho1']})")
         acc = run_rows(spec["name"], pred["cfg"], m["candidates"], m["seeds"], store, a.jobs,
-                       a.report_only)
+                       a.report_only, m.get("first_seeds"))
         accs.append(acc)
         tables.append(pred["table"].assign(spec=spec["name"]))
         rows.append(spec_row(spec["name"], ch, pred, acc))

@@ -438,7 +438,9 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
         "- Weights: the shipped horizon calibration of the main job "
         f"(`{Path(cal.source).name}`, `tsfa calibrate-weights`, docs/model.md §8b), measured on "
         "the main job's system only; no held-out spec enters it.",
-        f"- Candidates {m['candidates']}; seeds {m['seeds']} (paired); SOFT + TSFA controller; "
+        f"- Candidates {m['candidates']}; seeds {m['seeds']} (paired), sequentially: every "
+        f"candidate at the first {m.get('first_seeds', len(m['seeds']))}, the rest only for the "
+        "candidates in the best set of those; SOFT + TSFA controller; "
         f"{conf.get('run', {}).get('experiment.num_test', '')} test samples; final accuracy = "
         "mean of the last rounds.",
         "- Measured best set: the candidates whose paired 95% t-interval of the difference to the "
@@ -466,7 +468,10 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
             sd=("final_accuracy", "std"), deferral_share=("deferral_share", "mean"),
             max_latency_over_budget=("max_latency_over_budget", "max"),
             mean_rho=("mean_rho", "mean")).reset_index()
-        lines += ["## Measured runs (per spec and rank)", "", md_table(per), ""]
+        lines += ["## Measured runs (per spec and rank)", "", md_table(per), "",
+                  f"Training time of these {len(acc)} runs: {acc['train_wall_s'].sum() / 60:.0f} "
+                  "minutes of round wall time at one torch thread each (two runs at a time on 2 "
+                  "shared cores), i.e. about as many CPU-minutes.", ""]
     cols = [c for c in ["spec", "rounds", "mean_budget_s", "bandwidth_hz", "clients", "alpha",
                         "r_tsfa", "r_default_weights", "r_largest_fit_rho1", "r_always_8",
                         "seeds", "measured_top", "best_set", "status", "regret_tsfa",

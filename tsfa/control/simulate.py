@@ -64,6 +64,8 @@ def run_rounds(policy, mean_gamma_hz, n_rounds: int, seed, queues0=None,
 WARM_START_OFFSET = 10**9
 #: Quantile of the stationary queue used as the warm start (docs/model.md §4, finite horizon).
 WARM_START_QUANTILE = 0.9
+#: At most this many queue values are kept for the quantile (every round's below it).
+WARM_START_MAX_VALUES = 500_000
 
 
 def steady_queues(policy, mean_gamma_hz, horizon: int, seed,
@@ -71,13 +73,19 @@ def steady_queues(policy, mean_gamma_hz, horizon: int, seed,
     """Warm-start virtual queues Q^0 [s] (docs/model.md §4, "Finite horizon"): ``policy``
     simulated from zero queues for ``2 clip(5 horizon, 100, 1000)`` rounds on fading draws disjoint from
     a run's (rounds from :data:`WARM_START_OFFSET`, same ``seed``), each queue's ``quantile``
-    over the second half (its stationary level). Since ``sum_t (T_k^t - Tbar_k) <= Q_k^T -
+    over the second half (its stationary level; every round's queues while the second half holds
+    at most :data:`WARM_START_MAX_VALUES` values, else every ``stride``-th round's). It costs
+    ``n`` P2 solves: at very large K set ``control.queue_start = "zero"``. Since ``sum_t (T_k^t - Tbar_k) <= Q_k^T -
     Q_k^0``, a run started there exceeds its budget on average over its T rounds only where
     its end queue exceeds this quantile, and then by ``(Q_k^T - Q_k^0) / T``."""
     n = 2 * min(max(5 * int(horizon), 100), 1000)
-    qs = [rec.queue_s for rec in run_rounds(policy, mean_gamma_hz, n, seed,
-                                            start=WARM_START_OFFSET)]
-    return np.quantile(np.asarray(qs[n // 2:]), quantile, axis=0)
+    k = policy.n_clients
+    stride = max(1, -(-(n // 2) * k // WARM_START_MAX_VALUES))  # memory O(min(n K, cap))
+    kept = [rec.queue_s for rec in run_rounds(policy, mean_gamma_hz, n, seed,
+                                              start=WARM_START_OFFSET)
+            if rec.round - WARM_START_OFFSET >= n // 2
+            and (rec.round - WARM_START_OFFSET - n // 2) % stride == 0]
+    return np.quantile(np.asarray(kept), quantile, axis=0)
 
 
 def start_queues(policy, spec, mean_gamma_hz, horizon: int, seed) -> np.ndarray | None:

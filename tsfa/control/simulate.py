@@ -75,9 +75,10 @@ def steady_queues(policy, mean_gamma_hz, horizon: int, seed,
     a run's (rounds from :data:`WARM_START_OFFSET`, same ``seed``), each queue's ``quantile``
     over the second half (its stationary level; every round's queues while the second half holds
     at most :data:`WARM_START_MAX_VALUES` values, else every ``stride``-th round's). It costs
-    ``n`` P2 solves: at very large K set ``control.queue_start = "zero"``. Since ``sum_t (T_k^t - Tbar_k) <= Q_k^T -
-    Q_k^0``, a run started there exceeds its budget on average over its T rounds only where
-    its end queue exceeds this quantile, and then by ``(Q_k^T - Q_k^0) / T``."""
+    ``n`` P2 solves: at very large K set ``control.queue_start = "zero"``. Since
+    ``sum_t (T_k^t - Tbar_k) <= Q_k^T - Q_k^0``, a run started there exceeds its budget on
+    average over its T rounds only where its end queue exceeds this quantile, and then by
+    ``(Q_k^T - Q_k^0) / T``."""
     n = 2 * min(max(5 * int(horizon), 100), 1000)
     k = policy.n_clients
     stride = max(1, -(-(n // 2) * k // WARM_START_MAX_VALUES))  # memory O(min(n K, cap))

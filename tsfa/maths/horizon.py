@@ -67,7 +67,8 @@ def fit_rank_weights(ranks: ArrayLike, eps: ArrayLike, errors: ArrayLike,
     (sum 0), fitted by least squares within seeds, ``w_rank, w_cov >= 0`` (bounded least squares;
     a weight at its bound 0 has its unconstrained standard error). Standard errors from the
     residual variance (``n - p`` degrees of freedom; nan when there are none). ``e0`` is the
-    mean over seeds of the errors less the fitted terms; its stderr is the seeds' spread. Needs >= 3 distinct ranks.
+    mean over seeds of the errors less the fitted terms; its stderr is the seeds' spread.
+    Needs >= 3 distinct ranks.
     """
     from scipy.optimize import lsq_linear
 

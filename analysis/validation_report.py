@@ -203,8 +203,8 @@ def horizon_verdicts(table: pd.DataFrame, n_heldout: int) -> list[str]:
                    f"r* {'is' if r['r_tsfa'] in [int(x) for x in r['best_set'].split()] else 'is not'}"
                    f" in it; regret {100 * r['regret_tsfa']:.2f} points [{100 * r['regret_lo']:.2f}, "
                    f"{100 * r['regret_hi']:.2f}]; every client's time-averaged latency at most "
-                   f"{100 * (r['max_latency_over_budget'] - 1):+.2f}% of its budget at every "
-                   "candidate rank.")
+                   f"{100 * (r['max_latency_over_budget'] - 1):+.2f}% from its budget at every "
+                   "candidate rank (+ = over).")
     held = table[(table["spec"] != "main job") & (table.get("status", "not run") != "not run")] \
         if "status" in table else table.iloc[0:0]
     m = len(held)

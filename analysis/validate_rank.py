@@ -263,7 +263,12 @@ def main(argv=None) -> None:
     rows, accs, tables = [], [], []
     for i, spec in enumerate(specs):
         ch = spec_changes(stage, spec)
-        pred = predictions(stage, cal, plain, ch, m["candidates"])
+        try:
+            pred = predictions(stage, cal, plain, ch, m["candidates"])
+        except ValueError as exc:  # an infeasible spec: said in the table, not scored
+            log(f"{spec['name']}: {str(exc)[:200]}")
+            rows.append({"spec": spec["name"], "status": "infeasible"})
+            continue
         log(f"{spec['name']}: r* = {pred['tsfa']} (default {pred['default_weights']}, fits at "
             f"rho = 1 {pred['largest_fit_rho1']})")
         # specs past --specs: predictions and whatever runs the cache holds, nothing trained

@@ -315,14 +315,17 @@ def plot_rank_main(acc: pd.DataFrame, jtable: pd.DataFrame, row: dict, cal, path
     top rank, r* and the measured best set marked; seeds in the caption."""
     from scipy import stats
 
-    piv = acc.pivot(index="seed", columns="rank", values="final_accuracy").dropna()
+    piv = acc.pivot(index="seed", columns="rank", values="final_accuracy")
     ranks = np.array(sorted(piv.columns))
-    means = piv.mean()
-    top = int(means.idxmax())
-    n = len(piv)
-    half = [0.0 if r == top or n < 2 else float(stats.t.ppf(0.975, n - 1)
-                                                  * (piv[top] - piv[r]).std(ddof=1) / math.sqrt(n))
-            for r in ranks]
+    means = piv.mean()  # each rank over its own seeds
+    top = int(row["measured_top"])
+    counts = piv.count()
+    half = []
+    for r in ranks:
+        d = (piv[top] - piv[r]).dropna()
+        half.append(0.0 if r == top or len(d) < 2 else float(
+            stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))))
+    n = f"{counts.min()}-{counts.max()}" if counts.min() != counts.max() else str(counts.max())
     jt = jtable.set_index("rank").loc[ranks]
     e0 = cal.weights["error_floor"]
     pred = 1.0 - e0.value - jt["J"].to_numpy()
@@ -343,7 +346,7 @@ def plot_rank_main(acc: pd.DataFrame, jtable: pd.DataFrame, row: dict, cal, path
         ax.set_ylabel("test accuracy (mean of the last rounds)")
         ax.legend(fontsize=5.5)
         ax.set_title("Fig. 1 (calibrated J): main job's system, SOFT + TSFA, T = "
-                     f"{int(row['rounds'])}; seeds {list(piv.index)}\ntsfa reconstruction on "
-                     "the embedded task, not the paper's results", fontsize=6)
+                     f"{int(row['rounds'])},\nseeds {list(piv.index)} ({n} per rank); tsfa "
+                     "reconstruction, not the paper's results", fontsize=6)
         fig.savefig(path, dpi=200)
         plt.close(fig)

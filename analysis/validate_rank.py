@@ -175,7 +175,7 @@ def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only,
 
 def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
     from tsfa.experiments.cache import lookup, run_many
-    from tsfa.reporting.results import final_accuracy
+    from tsfa.reporting.results import budget_summary, final_accuracy
 
     cfgs = [(int(r), int(s), cfg.replace(**{"experiment.rank": int(r), "experiment.seed": int(s)}))
             for r, s in pairs]
@@ -198,11 +198,10 @@ def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
         if run is None:
             continue
         cl = run.clients
-        per_client = cl.groupby("client").apply(
-            lambda g: g["latency_s"].mean() / g["budget_s"].iloc[0], include_groups=False)
+        deferred, per_client = budget_summary(cl)
         rows.append({"spec": name, "rank": r, "seed": s,
                      "final_accuracy": final_accuracy(run.rounds),
-                     "deferral_share": float(1.0 - cl["sent"].astype(bool).mean()),
+                     "deferral_share": deferred,
                      "max_latency_over_budget": float(per_client.max()),
                      "mean_rho": float(cl.loc[cl["sent"].astype(bool), "rho"].mean()),
                      "train_wall_s": float(run.rounds["wall_s"].sum())})

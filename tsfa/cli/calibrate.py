@@ -164,14 +164,13 @@ def calibrate_weights_cmd(
                   f"train in {store} ({jobs} worker(s)); cached pilots are reused")
     runs = run_many([c for *_, c in pilots], store, jobs, log)
     table = pilot_table(pilots, runs)
-    fit_cfg = stage.cfg
+    eps = {}
     if cfg.experiment.task == "synthetic":  # the embedded task's eps(r) is known exactly
         from tsfa.experiments.runs import synthetic_spectrum
 
-        fit_cfg = fit_cfg.replace(**{"bound.eps_model": "given",
-                                     "bound.spectrum": synthetic_spectrum()})
-    fit_cfg = type(fit_cfg)(fit_cfg.experiment, stage.system.replace(
-        **{f"bound.{k}": getattr(fit_cfg.system.bound, k) for k in ("eps_model", "spectrum")}))
+        eps = {"bound.eps_model": "given", "bound.spectrum": synthetic_spectrum()}
+    # the weights are fitted on the resolved system (LoRA sizes of the trained model)
+    fit_cfg = type(stage.cfg)(stage.cfg.experiment, stage.system.replace(**eps))
     notes = [f"pilots: {len(table)} runs, {time.perf_counter() - t0:.0f} s wall this invocation, "
              f"load {os.getloadavg()[0]:.1f}; seeds {list(plan.seeds)}; num_test {num_test}"]
     try:

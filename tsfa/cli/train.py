@@ -178,11 +178,12 @@ def train_cmd(
 
 def _print_budget(result) -> None:
     """The run's deferral share and each client's time-averaged latency over its budget."""
+    from tsfa.reporting.results import budget_summary
+
     cl = result.clients
     if cl is None or cl.empty or "sent" not in cl:
         return
-    ratio = cl.groupby("client")["latency_s"].mean() / cl.groupby("client")["budget_s"].first()
-    deferred = 1.0 - float(cl["sent"].astype(bool).mean())
+    deferred, ratio = budget_summary(cl)
     console.print(f"uploads deferred: {100 * deferred:.1f}% of client-rounds; time-averaged "
                   f"latency / budget: max {ratio.max():.4f} (client {int(ratio.idxmax())}), "
                   f"mean {ratio.mean():.4f}")

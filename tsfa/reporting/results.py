@@ -88,6 +88,14 @@ def final_accuracy(rounds: pd.DataFrame, last: int = LAST_ROUNDS, column: str = 
     return float(rounds.sort_values("round")[column].tail(last).mean())
 
 
+def budget_summary(clients: pd.DataFrame) -> tuple[float, pd.Series]:
+    """(deferral share: the fraction of client-rounds not sent, each client's time-averaged
+    latency over its budget) of a run's ``clients.csv`` table."""
+    g = clients.groupby("client")
+    ratio = g["latency_s"].mean() / g["budget_s"].first()
+    return 1.0 - float(clients["sent"].astype(bool).mean()), ratio
+
+
 def md_table(df: pd.DataFrame, digits: int = 4) -> str:
     """A table as GitHub markdown; floats to ``digits`` significant digits ("nan" kept)."""
     def cell(v) -> str:

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tsfa.cli import app
+from tsfa.maths.payload import kept_components
 from tsfa.optim import P2Problem
 from tsfa.optim.p2_cvxpy import restricted_solver
 from tsfa.optim.p2_deadline import solve_deadline
@@ -23,7 +24,8 @@ def _problem(record: dict, rnd: dict) -> P2Problem:
                      np.asarray(rnd["queue_before_s"]), np.asarray(cl["penalty_weights"]),
                      np.asarray(cl["compute_s"]), p2["slope_bits"], p2["head_bits"],
                      p2["total_bandwidth_hz"], p2["min_bandwidth_hz"], p2["rho_min"], p2["phi"],
-                     None if cl["deadline_s"] is None else np.asarray(cl["deadline_s"]))
+                     p2["defer_rho"],
+                     deadline_s=None if cl["deadline_s"] is None else np.asarray(cl["deadline_s"]))
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +63,19 @@ def test_cvxpy_resolves_logged_rounds_from_the_file(record):
         prob = _problem(record, rnd)
         res = solve_deadline(prob, restricted_solver(prob, models))
         np.testing.assert_array_equal(res.solution["sent"], rnd["sent"])
-        np.testing.assert_allclose(res.rho, rnd["rho"], rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(res.rho, rnd["rho_p2"], rtol=1e-4, atol=1e-9)
+        # on the wire: whole components, one fewer only where rounding up would miss D_k
+        rank = record["inputs"]["rank"]
+        up = kept_components(rank, np.asarray(rnd["rho_p2"]))
+        wire = np.rint(np.asarray(rnd["rho"]) * rank).astype(int)
+        sent = np.asarray(rnd["sent"], bool)
+        assert np.all((wire[sent] == up[sent]) | (wire[sent] == np.maximum(up[sent] - 1, 1)))
+        assert np.all(np.asarray(rnd["latency_s"])[sent]
+                      <= np.asarray(prob.deadline_s)[sent] * (1 + 1e-9))
         if np.any(prob.queues > 0):  # with every queue empty the split is not unique
             np.testing.assert_allclose(res.bandwidth_hz, rnd["bandwidth_hz"], rtol=1e-4,
                                        atol=1e-6)
         scale = float(np.max(prob.weights * prob.penalty_weights))  # objective units
         assert res.objective == pytest.approx(rnd["objective"], rel=1e-6, abs=1e-8 * scale)
-        assert prob.objective(np.asarray(rnd["rho"]), np.asarray(rnd["bandwidth_hz"])) == \
+        assert prob.objective(np.asarray(rnd["rho_p2"]), np.asarray(rnd["bandwidth_hz"])) == \
             pytest.approx(rnd["objective"], rel=1e-12)

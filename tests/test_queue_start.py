@@ -56,12 +56,14 @@ def test_start_queues_only_for_the_lyapunov_controller():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("phi", ["inv", "inv_sq"])
 @pytest.mark.parametrize("rank", [8, 32])
-def test_budget_within_one_percent_at_the_runs_own_horizon(rank):
-    """T = 100 rounds, 2 fading seeds: from the warm start every client's time-averaged latency
-    is within 1% of its budget; from zero queues the largest rank overshoots by more (the
+def test_budget_within_one_percent_at_the_runs_own_horizon(rank, phi):
+    """T = 100 rounds, 2 fading seeds, V = 10 (queues settle near ten times the uplink budget,
+    docs/model.md §4): from the warm start every client's time-averaged latency is within 1% of
+    its budget, for the rank and phi forms; from zero queues it overshoots by more than 1% (the
     option is not a no-op)."""
-    spec = small_system()
+    spec = small_system(**{"control.V": 10.0, "control.phi": phi})
     inst = realize(spec)
     pol = make_policy(spec, inst, rank)
     worst_warm, worst_zero = 0.0, 0.0
@@ -70,5 +72,4 @@ def test_budget_within_one_percent_at_the_runs_own_horizon(rank):
         worst_warm = max(worst_warm, time_average_ratio(pol, inst, seed, 100, q0).max())
         worst_zero = max(worst_zero, time_average_ratio(pol, inst, seed, 100, None).max())
     assert worst_warm <= 1.01, worst_warm
-    if rank == 32:
-        assert worst_zero > worst_warm + 0.01, (worst_zero, worst_warm)
+    assert worst_zero > worst_warm + 0.01, (worst_zero, worst_warm)

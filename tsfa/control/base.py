@@ -22,6 +22,7 @@ import numpy as np
 
 from tsfa.maths.bound import phi as phi_fn
 from tsfa.maths.payload import kept_components
+from tsfa.maths.wireless import rate_bps
 from tsfa.optim import P2Constants, P2Problem, SolveResult
 
 CONSTRAINTS = ("per_client", "max")
@@ -32,7 +33,8 @@ class Decision:
     """One round's decision, every array (K,):
 
     ``rho`` ratios (0 for a deferred client), ``bandwidth_hz`` [Hz] (0 if deferred), the P2
-    ``objective``, the predicted ``latency_s`` [s] (compute time only if deferred), ``status``
+    ``objective``, ``latency_s`` [s] of the planned bits on the wire (:func:`wire_latency_s`;
+    compute time only if deferred), ``status``
     (cvxpy's words), the solver's ``result``, ``sent`` (bool: False = the client defers, its update
     stays in its error-feedback memory) and ``planned_bits`` (bits the controller planned for the
     upload: ``payload.bits(rho)`` of the policy's payload model, or the relaxed ``a rho + h``
@@ -47,6 +49,18 @@ class Decision:
     result: SolveResult | None = None
     sent: np.ndarray | None = None
     planned_bits: np.ndarray | None = None
+
+
+def wire_latency_s(prob: P2Problem, bits, bandwidth_hz) -> np.ndarray:
+    """Round latency of the bits a decision puts on the wire, ``T_k = c_k + S_k / R(w_k,
+    gamma_k)`` [s] (docs/model.md §4, "The latency the queues see"), (K,); ``c_k`` for a client
+    that sends nothing. P2 plans with the affine relaxation ``S = a rho + h``; the wire carries
+    ``n = max(1, ceil(rho r))`` whole components (:func:`tsfa.maths.payload.kept_components`),
+    so this is the latency the federated server measures and feeds to the queues."""
+    bits = np.asarray(bits, float)
+    rate = rate_bps(bandwidth_hz, prob.gamma_hz)
+    up = np.divide(bits, rate, out=np.zeros_like(bits), where=(bits > 0) & (rate > 0))
+    return prob.compute_s + up
 
 
 def update_queues(queues, latency_s, budget_s) -> np.ndarray:
@@ -129,9 +143,8 @@ class BasePolicy(P2Constants):
         return update_queues(queues, latency_s, self.budget_s)
 
     def penalty(self, rho, sent) -> np.ndarray:
-        """Per-client ``p_k Gamma_k phi(rho_k)`` without V, ``phi(rho_min / 2)`` if deferred."""
-        f = np.where(sent, phi_fn(np.where(sent, rho, 1.0), self.phi),
-                     phi_fn(0.5 * self.rho_min, self.phi))
+        """Per-client ``p_k Gamma_k phi(rho_k)`` without V, ``phi(defer_rho)`` if deferred."""
+        f = np.where(sent, phi_fn(np.where(sent, rho, 1.0), self.phi), self.defer_phi)
         return self.weights * self.sparsity_weights * f
 
     def planned_bits(self, rho, sent) -> np.ndarray:
@@ -153,15 +166,36 @@ class BasePolicy(P2Constants):
             out[sent] = np.asarray(self.payload.bits(r), float)
         return out
 
+    def on_the_wire(self, prob: P2Problem, rho, w, sent):
+        """``(rho, bits, latency_s)`` as sent: the planned bits of ``rho`` and their
+        :func:`wire_latency_s`. A component payload rounds ``rho r`` up to whole components; where
+        that would miss a sender's deadline ``D_k`` the ratio becomes one component less,
+        ``(n - 1) / r`` (at least ``1 / r``), whose bits ``h + (n - 1) a / r`` never exceed the
+        relaxed ``a rho + h`` that P2 fitted within ``D_k`` (docs/model.md §4)."""
+        rho = np.asarray(rho, float)
+        bits = self.planned_bits(rho, sent)
+        lat = wire_latency_s(prob, bits, w)
+        rank = getattr(self.payload, "rank", None)
+        if prob.deadline_s is None or rank is None:
+            return rho, bits, lat
+        late = sent & (lat > prob.deadline_s * (1 + 1e-9))
+        if not np.any(late):
+            return rho, bits, lat
+        rank = int(rank)
+        rho = rho.copy()
+        rho[late] = np.maximum(kept_components(rank, rho[late]) - 1, 1) / rank
+        bits = self.planned_bits(rho, sent)
+        return rho, bits, wire_latency_s(prob, bits, w)
+
     def decision(self, prob: P2Problem, rho, w, status, result=None, queues=None) -> Decision:
         """The :class:`Decision` for ``(rho, w)``: latency, sent mask, planned bits, objective
         (``+ Z max_k T_k`` under ``max``, with ``Z = queues[0]``)."""
         sent = prob.sent(w)
-        lat = prob.latency_s(rho, w)
+        rho, bits, lat = self.on_the_wire(prob, rho, w, sent)
         obj = prob.objective(rho, w)
         if self.constraint == "max" and queues is not None:
-            obj += float(queues[0]) * float(np.max(lat))
-        return Decision(rho, w, obj, lat, status, result, sent, self.planned_bits(rho, sent))
+            obj += float(queues[0]) * float(np.max(prob.latency_s(rho, w)))
+        return Decision(rho, w, obj, lat, status, result, sent, bits)
 
     def failed(self, status: str, result=None) -> Decision:
         """A decision with no solution (``nan`` arrays), e.g. an infeasible round."""

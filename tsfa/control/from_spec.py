@@ -26,6 +26,7 @@ from tsfa.config.spec import SystemSpec
 from tsfa.control.lyapunov import EqualBandwidthPolicy, LyapunovController, MyopicPolicy
 from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, round_deadlines_s
 from tsfa.maths.payload import PayloadModel
+from tsfa.maths.penalty import penalty_scale_s2
 
 POLICIES = ("tsfa", "fixed", "myopic")
 
@@ -39,12 +40,15 @@ def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int,
     if payload.rank != rank:
         raise ValueError(f"payload.rank = {payload.rank}: must equal rank = {rank}")
     head, slope = float(payload.head_bits), float(payload.slope_bits)
-    uplink_s = (slope + head) / equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
+    rate = equal_share_ergodic_rate_bps(spec, inst.mean_gamma_hz)
+    gamma = penalty_scale_s2(inst.weights, inst.budget_s - inst.compute_s, rate, slope, head,
+                             1.0 / rank, spec.control.phi)
     return dict(
         weights=inst.weights,
         compute_s=inst.compute_s,
         budget_s=inst.budget_s,
-        sparsity_weights=uplink_s**2 / inst.weights,
+        sparsity_weights=gamma,
+        defer_rho=0.5 / max(rank, *spec.lora.rank_candidates),
         slope_bits=slope,
         head_bits=head,
         total_bandwidth_hz=wi.bandwidth_total_hz,

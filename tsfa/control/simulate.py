@@ -156,7 +156,7 @@ class RunningSummary:
 
     @property
     def average_penalty(self) -> float:
-        """``(1/T) sum_t sum_k p_k Gamma_k phi(rho_k^t)`` (deferred: ``phi(rho_min / 2)``)."""
+        """``(1/T) sum_t sum_k p_k Gamma_k phi(rho_k^t)`` (deferred: ``phi(defer_rho)``)."""
         return self.penalty / max(self.rounds, 1)
 
 

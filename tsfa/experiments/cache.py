@@ -35,9 +35,20 @@ def canonical(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+#: Revision of the Lyapunov controller's behaviour. A run under ``experiment.controller = "tsfa"``
+#: hashes it with its config, so that runs cached before a change of the controller (same config,
+#: other decisions) are not reused. 2: penalty normalised at the operating ratio, latency of the
+#: bits on the wire, deferral priced alike at every rank (docs/model.md §4).
+CONTROLLER_REVISION = 2
+
+
 def config_hash(cfg: RunConfig, precision: str = "fp32") -> str:
-    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML (+ "-bf16")."""
-    digest = hashlib.sha256(canonical(cfg).to_toml().encode()).hexdigest()[:12]
+    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML (+ "-bf16");
+    controller runs add :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
+    text = canonical(cfg).to_toml()
+    if cfg.experiment.controller == "tsfa" and cfg.experiment.method != "ilora":
+        text += f"\n# controller revision {CONTROLLER_REVISION}\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return digest if precision == "fp32" else f"{digest}-{precision}"
 
 

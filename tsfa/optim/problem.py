@@ -15,9 +15,10 @@ already scaled by the caller, ``a`` the payload slope [bits per unit rho], ``h``
 With a per-round deadline ``D_k`` (``deadline_s``, docs/model.md §4 "Deep fades") each client
 either sends, within its deadline, ``c_k + (a rho_k + h) / R(w_k) <= D_k``, or defers: it sends
 nothing (``rho_k = 0``, ``w_k = 0``: the update stays in its error-feedback memory), its round
-latency is its compute time ``c_k`` and its penalty is ``p_k v_k phi(rho_min / 2)`` (a deferred
-round counts as sending half of the smallest ratio: for ``phi = inv`` this is exactly the
-first-order cost of a missed round in the participation model ``phi(pi rho)``). A solution
+latency is its compute time ``c_k`` and its penalty is ``p_k v_k phi(defer_rho)``, by default
+``defer_rho = rho_min / 2`` (a deferred round counts as sending half of the smallest ratio: for
+``phi = inv`` this is exactly the first-order cost of a missed round in the participation model
+``phi(pi rho)``); the federated system sets it rank-independent (:class:`P2Constants`). A solution
 encodes deferral as ``w_k = 0``; :mod:`tsfa.optim.p2_deadline` chooses who defers.
 """
 
@@ -58,6 +59,10 @@ class P2Constants:
         min_bandwidth_hz: w_min > 0 [Hz].
         rho_min: 0 < rho_min <= 1 (1 / r).
         phi: one of ``tsfa.maths.bound.PHI_VARIANTS``.
+        defer_rho: the ratio at which a deferred round is priced, ``phi(defer_rho)``, in
+            (0, rho_min]; ``None``: ``rho_min / 2`` (half a component of this rank). The federated
+            system prices it at half a component of the largest candidate rank, the same at every
+            rank (:func:`tsfa.control.from_spec.policy_arrays`, docs/model.md §4).
     Raises:
         ValueError naming the argument and its allowed range.
     """
@@ -68,6 +73,7 @@ class P2Constants:
     min_bandwidth_hz: float
     rho_min: float
     phi: str = "inv"
+    defer_rho: float | None = None
 
     def __post_init__(self):
         checks = {
@@ -83,6 +89,18 @@ class P2Constants:
             object.__setattr__(self, name, float(val))
         if self.phi not in PHI_VARIANTS:
             raise ValueError(f"phi: must be one of {PHI_VARIANTS}, got {self.phi!r}")
+        if self.defer_rho is not None:
+            if not (np.isfinite(self.defer_rho) and 0 < float(self.defer_rho) <= self.rho_min):
+                raise ValueError(f"defer_rho: must be in (0, rho_min = {self.rho_min:g}], got "
+                                 f"{self.defer_rho!r}")
+            object.__setattr__(self, "defer_rho", float(self.defer_rho))
+
+    @property
+    def defer_phi(self) -> float:
+        """Penalty factor of a deferred round, ``phi(defer_rho)`` (``defer_rho`` defaults to
+        ``rho_min / 2``; module docstring)."""
+        rho = 0.5 * self.rho_min if self.defer_rho is None else self.defer_rho
+        return float(phi(rho, self.phi))
 
     def p2_constants(self) -> dict:
         """The fields of :class:`P2Constants` by name (e.g. to build a :class:`P2Problem`)."""
@@ -169,11 +187,6 @@ class P2Problem(P2Constants, _ClientArrays):
         """True when clients may defer (a deadline is set)."""
         return self.deadline_s is not None
 
-    @property
-    def defer_phi(self) -> float:
-        """Penalty factor of a deferred round, ``phi(rho_min / 2)`` (module docstring)."""
-        return float(phi(0.5 * self.rho_min, self.phi))
-
     def sent(self, bandwidth_hz) -> np.ndarray:
         """(K,) bool: who sends (``w_k > 0``); every client when deferral is off."""
         w = np.asarray(bandwidth_hz, float)
@@ -188,7 +201,7 @@ class P2Problem(P2Constants, _ClientArrays):
         return self.compute_s + np.where(self.sent(bandwidth_hz), up, 0.0)
 
     def penalty(self, rho, bandwidth_hz) -> np.ndarray:
-        """Per-client penalty ``p_k v_k phi(rho_k)`` (``phi(rho_min / 2)`` if deferred), (K,)."""
+        """Per-client penalty ``p_k v_k phi(rho_k)`` (``phi(defer_rho)`` if deferred), (K,)."""
         sent = self.sent(bandwidth_hz)
         with np.errstate(divide="ignore", invalid="ignore"):
             f = np.where(sent, phi(np.where(sent, rho, 1.0), self.phi), self.defer_phi)

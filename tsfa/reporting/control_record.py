@@ -34,6 +34,7 @@ def p2_inputs(spec, inst, pol, rank: int, solver: str, policy: str) -> dict:
         "p2": {"V": pol.V, "slope_bits": pol.slope_bits, "head_bits": pol.head_bits,
                "total_bandwidth_hz": pol.total_bandwidth_hz,
                "min_bandwidth_hz": pol.min_bandwidth_hz, "rho_min": pol.rho_min, "phi": pol.phi,
+               "defer_rho": pol.defer_rho,
                "deadline": ctl.deadline if pol.deadline_s is not None else "none",
                "deadline_factor": ctl.deadline_factor, "constraint": pol.constraint,
                "max_budget_s": pol.max_budget_s},
@@ -51,6 +52,10 @@ def round_fields(rec) -> dict:
               d.planned_bits, rec.queue_s)
     out = {"round": int(rec.round)}
     out.update({name: np.asarray(v) for name, v in zip(ROUND_ARRAYS, values, strict=True)})
+    # P2's own ratios (``rho`` is the ratio on the wire: whole components, one fewer where
+    # rounding up would miss the deadline, tsfa.control.base.BasePolicy.on_the_wire)
+    res = getattr(d, "result", None)
+    out["rho_p2"] = np.asarray(res.rho) if res is not None and res.rho is not None else out["rho"]
     out["objective"], out["status"] = float(d.objective), str(d.status)
     return out
 

@@ -136,14 +136,15 @@ class ControlSpec(_Section):
     """Online Lyapunov control, latency budget and per-round deadline (docs/model.md §4, §7).
 
     The controller's penalty is normalised, not the bound's: its weight of p_k phi(rho_k) is
-    V Gamma_k with Gamma_k = U_k^2 / p_k [s^2], U_k the upload time at rho = 1 on the ergodic
-    equal-share rate; the bound's c4 L^2 eta^2 tau^2 G^2 does not enter (docs/notation.md).
+    V Gamma_k with Gamma_k [s^2] such that the queues settle near V x each client's uplink budget
+    (tsfa.maths.penalty); the bound's c4 L^2 eta^2 tau^2 G^2 does not enter (docs/notation.md).
     """
 
     SECTION = "control"
-    V: float = _f(1.0, "drift-plus-penalty trade-off V; the penalty weight is V Gamma_k with "
-                  "Gamma_k = U_k^2 / p_k [s^2] (U_k: upload time at rho = 1 on the ergodic "
-                  "equal-share rate; bound constants c4, L, G do not enter, docs/notation.md)",
+    V: float = _f(1.0, "drift-plus-penalty trade-off V; the penalty weight is V Gamma_k, "
+                  "Gamma_k [s^2] normalised so that the queues settle near V x each client's "
+                  "uplink budget Tbar_k - T^cmp_k at every rank (docs/model.md §4; bound constants "
+                  "c4, L, G do not enter); V < 0.3 is degenerate",
                   "", 0.0, 1e12, kind=float)
     phi: str = _f("inv", "sparsification penalty phi: inv=(1-rho)/rho, inv_sq=(1-rho)/rho^2, "
                   "linear=1-rho", choices=("inv", "inv_sq", "linear"), kind=str)

@@ -6,14 +6,12 @@ The controller works on plain arrays; this module derives them from a
 * payload slope ``a`` and head bits ``h`` of the method's :class:`~tsfa.maths.payload.PayloadModel`
   (affine relaxation of its exact count, §1; for SOFT ``a = S_full(r) + M r ceil(log2 r)``);
 * ``rho_min = 1 / r``;
-* penalty normalisation ("V = 1 after normalisation", §7) [DESIGN]: ``Gamma_k = U_k^2 / p_k``
-  (``sparsity_weights``) with ``U_k = S(rho = 1) / R_bar_k`` the uplink time at rho = 1 on the
-  ergodic equal-bandwidth rate [s]. The penalty ``V p_k Gamma_k phi(rho_k) = V U_k^2 phi(rho_k)``
-  is then in s^2, the units of ``Q_k T_k``, and the rho-step ``rho^2 = p V Gamma R / (Q a)``
-  gives interior ratios for queues of the order of ``U_k`` at V = 1. The bound's constants
-  (``c4 L^2 eta^2 tau^2 G^2``) do not enter, and the clients are weighted by ``U_k^2`` where the
-  bound weights them by ``p_k``: relative to the bound, client k's trade-off is that of
-  ``V_k = V U_k^2 / (p_k c4 L^2 eta^2 tau^2 G^2)`` (docs/notation.md, "Gamma_k");
+* penalty normalisation [DESIGN]: ``Gamma_k`` (``sparsity_weights``) from
+  :func:`tsfa.maths.penalty.penalty_scale_s2`, so that the queues settle near ``V`` times each
+  client's uplink budget ``Tbar_k - T^cmp_k`` at every rank and phi form (docs/model.md §4,
+  docs/notation.md "Gamma_k"); the bound's constants do not enter;
+* a deferred round priced at ``phi(1 / (2 r_max))``, ``r_max`` the largest of
+  ``lora.rank_candidates`` and ``rank``: the same price at every rank (``defer_rho``);
 * per-round deadlines ``D_k`` (``control.deadline``, :func:`tsfa.maths.instance.round_deadlines_s`)
   and the long-term ``control.constraint``.
 """

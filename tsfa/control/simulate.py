@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tsfa.maths.penalty import penalty_scale_s2
 from tsfa.maths.units import dbm_to_w
 from tsfa.maths.wireless import (
     draw_distances_m,
@@ -223,8 +224,8 @@ def example_system(rng: np.random.Generator, n_clients: int = 10, rank: int = 16
     W_tot = 2 MHz, P = 23 dBm, N0 = -174 dBm/Hz, d ~ U[50, 500] m, ViT-Base q,v payload
     (slope 32 * 36,864 * r bits, head 32 * 76,900 bits), T^cmp ~ U[5, 30] s,
     ``Tbar_k = T^cmp_k + 0.5 S(1) / Rbar_k(W_tot / K)`` (ergodic rate on equal bandwidth),
-    p_k = 1/K, w_min = 0.1 W_tot / K, rho_min = 1/r, and the normalisation
-    ``Gamma_k = U_k^2 / p_k`` with ``U_k = S(1) / Rbar_k`` (docs/notation.md, "Gamma_k"). No
+    p_k = 1/K, w_min = 0.1 W_tot / K, rho_min = 1/r, and the normalised ``Gamma_k`` of
+    :func:`tsfa.maths.penalty.penalty_scale_s2` (phi = inv; docs/notation.md, "Gamma_k"). No
     deadline (the original P2). Returns ``{"policy_kwargs": {...}, "mean_gamma_hz": (K,)}``.
     """
     wt = 2e6
@@ -232,9 +233,12 @@ def example_system(rng: np.random.Generator, n_clients: int = 10, rank: int = 16
     mean_gamma = snr_bandwidth_hz(dbm_to_w(23.0), path_gain(d), dbm_to_w(-174.0))
     slope, head = 32.0 * 36864 * rank, 32.0 * 76900
     compute = rng.uniform(5.0, 30.0, n_clients)
-    uplink = (slope + head) / ergodic_rate_bps(wt / n_clients, mean_gamma)
-    kwargs = dict(weights=np.full(n_clients, 1.0 / n_clients), compute_s=compute,
-                  budget_s=compute + 0.5 * uplink, sparsity_weights=uplink**2 * n_clients,
+    rate = ergodic_rate_bps(wt / n_clients, mean_gamma)
+    slack = 0.5 * (slope + head) / rate
+    p = np.full(n_clients, 1.0 / n_clients)
+    gamma = penalty_scale_s2(p, slack, rate, slope, head, 1.0 / rank, "inv")
+    kwargs = dict(weights=p, compute_s=compute,
+                  budget_s=compute + slack, sparsity_weights=gamma,
                   slope_bits=slope, head_bits=head, total_bandwidth_hz=wt,
                   min_bandwidth_hz=0.1 * wt / n_clients, rho_min=1.0 / rank)
     return {"policy_kwargs": kwargs, "mean_gamma_hz": mean_gamma}

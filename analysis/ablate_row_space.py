@@ -29,8 +29,8 @@ from compare_grid import POLICIES, base_config, run_grid  # noqa: E402
 from compare_report import LAST, t_interval  # noqa: E402
 
 from tsfa.experiments.cache import lookup  # noqa: E402
+from tsfa.experiments.results import final_accuracy, prepare_dir, write_table  # noqa: E402
 from tsfa.fl.device import set_threads  # noqa: E402
-from tsfa.reporting.results import final_accuracy, prepare_dir, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FEEDBACK = ("none", "all")

@@ -65,8 +65,8 @@ from compare_report import (  # noqa: E402
 )
 
 from tsfa.experiments.cache import lookup  # noqa: E402
+from tsfa.experiments.results import prepare_dir, write_table  # noqa: E402
 from tsfa.fl.device import set_threads  # noqa: E402
-from tsfa.reporting.results import prepare_dir, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "methods.md"

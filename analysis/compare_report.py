@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tsfa.reporting.results import final_accuracy
+from tsfa.experiments.results import final_accuracy
 
 KEYS = ["task", "rank", "policy", "reading", "budget"]
 CELL = [*KEYS, "method"]

@@ -54,9 +54,9 @@ import torch
 
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.local import LocalEngine
+from tsfa.experiments.results import final_accuracy, md_table, prepare_dir, write_table
 from tsfa.fl.compress import COMPRESSORS, decode, n_keep
 from tsfa.fl.device import set_threads
-from tsfa.reporting.results import final_accuracy, md_table, prepare_dir, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "results" / "compression_capture"

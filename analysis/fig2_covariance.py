@@ -2,7 +2,7 @@
 reconstruction, not the paper's results): ``python analysis/fig2_covariance.py --out figures``, options
 ``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig2_covariance.toml``."""
 
-from tsfa.reporting.figures import script_main
+from tsfa.cli.figures import script_main
 
 if __name__ == "__main__":
     script_main("fig2_covariance")

@@ -2,7 +2,7 @@
 reconstruction, not the paper's results): ``python analysis/fig4_fixed_rho.py --out figures``, options
 ``--size``, ``--store``, ``--threads``; config ``tsfa/experiments/configs/fig4_fixed_rho.toml``."""
 
-from tsfa.reporting.figures import script_main
+from tsfa.cli.figures import script_main
 
 if __name__ == "__main__":
     script_main("fig4_fixed_rho")

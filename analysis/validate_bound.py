@@ -29,13 +29,14 @@ import numpy as np
 import pandas as pd
 
 from tsfa.config.spec import SystemSpec
+from tsfa.engines.local import train
 from tsfa.experiments import runs as an
 from tsfa.experiments.cache import cached_train
 from tsfa.experiments.pipeline import resolved_system
+from tsfa.experiments.results import final_accuracy
 from tsfa.fl.data import FASHION_MNIST_DIR
 from tsfa.fl.device import set_threads
 from tsfa.maths import bound as bd
-from tsfa.reporting.results import final_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +59,7 @@ def covariance_study(base, store, log, sw) -> tuple[pd.DataFrame, dict]:
             + [("experiment.rank", v) for v in sw["ranks"]])
     for key, v in grid:
         c = cfg.replace(**{"experiment.method": "ilora", key: v})
-        run = cached_train(c, store, log)
+        run = cached_train(c, store, train, log)
         tau, eta = c.system.training.local_steps, c.system.training.learning_rate
         r = c.experiment.rank
         rows.append({"swept": key.split(".")[1], "value": float(v), "rank": r, "tau": tau,
@@ -91,7 +92,7 @@ def rank_study(base, store, log, ranks, c3, cfg=None, eps_override=None, label="
     tr, b = system.training, system.bound
     rows = []
     for r in ranks:
-        run = cached_train(cfg.replace(**{"experiment.rank": int(r)}), store, log)
+        run = cached_train(cfg.replace(**{"experiment.rank": int(r)}), store, train, log)
         rows.append({"rank": int(r), "final_accuracy": final_accuracy(run.rounds),
                      "final_test_loss": final_accuracy(run.rounds, column="test_loss"),
                      "measured_mean_phi": mean_phi_measured(run.clients, inst.weights)})
@@ -131,7 +132,7 @@ def measured_eps(store, cfg, rank, log) -> np.ndarray:
     from tsfa.engines.local import CHECKPOINT, load_checkpoint
 
     run = cached_train(cfg.replace(**{"experiment.method": "ilora", "experiment.rank": rank}),
-                       store, log, keep_checkpoint=True)
+                       store, train, log, keep_checkpoint=True)
     factors = load_checkpoint(run.path / CHECKPOINT)[0].model.factors
     tails, total = np.zeros(rank + 1), 0.0
     for b, a in factors:
@@ -155,7 +156,7 @@ def sparsification_study(base, store, log, methods, rhos, constants) -> pd.DataF
         for rho in rhos:
             run = cached_train(base.cfg.replace(**{
                 "experiment.method": m, "experiment.controller": "fixed",
-                "experiment.rho": float(rho)}), store, log)
+                "experiment.rho": float(rho)}), store, train, log)
             acc[rho] = final_accuracy(run.rounds)
         for rho in rhos:
             rows.append({"method": m, "rho": float(rho), "final_accuracy": acc[rho],

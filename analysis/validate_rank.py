@@ -174,8 +174,9 @@ def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only,
 
 
 def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
+    from tsfa.engines.local import train
     from tsfa.experiments.cache import lookup, run_many
-    from tsfa.reporting.results import budget_summary, final_accuracy
+    from tsfa.experiments.results import budget_summary, final_accuracy
 
     cfgs = [(int(r), int(s), cfg.replace(**{"experiment.rank": int(r), "experiment.seed": int(s)}))
             for r, s in pairs]
@@ -192,7 +193,7 @@ def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
                 log(f"{name}: {done[0]}/{todo} runs trained, {el:.0f} s, ETA "
                     f"{el / done[0] * (todo - done[0]):.0f} s")
 
-        runs = run_many([c for *_, c in cfgs], store, jobs, progress)
+        runs = run_many([c for *_, c in cfgs], store, train, jobs, progress)
     rows = []
     for (r, s, _), run in zip(cfgs, runs, strict=True):
         if run is None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tsfa.experiments.results import md_table
 from tsfa.reporting.figures import RC
 from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
-from tsfa.reporting.results import md_table
 
 
 def scatter_cov(df, path):

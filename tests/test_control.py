@@ -5,14 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tsfa.control.lyapunov import (
-    EqualBandwidthPolicy,
-    LyapunovController,
-    MyopicPolicy,
-    example_system,
-    simulate,
-    update_queues,
-)
+from tsfa.control.base import update_queues
+from tsfa.control.lyapunov import LyapunovController
+from tsfa.control.reference import EqualBandwidthPolicy, MyopicPolicy
+from tsfa.control.simulate import example_system, simulate
 
 
 @pytest.fixture(scope="module")

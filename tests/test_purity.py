@@ -42,19 +42,10 @@ def test_import_tsfa_maths_bound_is_fast():
 
 
 @pytest.mark.parametrize("heavy", ["cvxpy", "pandas", "torch"])
-def test_import_tsfa_bound_alias_is_light(heavy):
-    """``python -c "import tsfa.bound"`` (the stable alias of tsfa.maths.bound), alone in a fresh
-    interpreter, imports neither cvxpy, pandas nor torch."""
-    _assert_not_imported(["tsfa.bound"], heavy)
-
-
-def test_tsfa_bound_alias_reexports_exactly_the_public_names():
-    import tsfa.bound
-    import tsfa.maths.bound
-
-    own = {n for n in vars(tsfa.bound) if not n.startswith("__")}
-    assert own == set(tsfa.maths.bound.__all__) == set(tsfa.bound.__all__)
-    assert all(getattr(tsfa.bound, n) is getattr(tsfa.maths.bound, n) for n in own)
+def test_import_tsfa_maths_bound_is_light(heavy):
+    """``python -c "import tsfa.maths.bound"`` alone in a fresh interpreter imports neither
+    cvxpy, pandas nor torch."""
+    _assert_not_imported(["tsfa.maths.bound"], heavy)
 
 
 def _assert_not_imported(modules, heavy):

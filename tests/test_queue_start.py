@@ -8,7 +8,8 @@ import pytest
 
 from tsfa.config.experiment import default_system
 from tsfa.control.from_spec import make_policy
-from tsfa.control.simulate import run_rounds, start_queues, steady_queues
+from tsfa.control.lyapunov import start_queues
+from tsfa.control.simulate import run_rounds, steady_queues
 from tsfa.maths.instance import realize
 
 

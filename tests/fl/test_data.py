@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tsfa.fl.checkpoints import load_pretrained
 from tsfa.fl.data import load_cifar100, load_fashion_mnist, read_idx, select_classes
 from tsfa.fl.partition import class_histograms, client_weights, dirichlet_partition
 from tsfa.fl.synthetic import (
@@ -21,7 +22,7 @@ from tsfa.fl.synthetic import (
     pretrain_backbone,
     rank_floor,
 )
-from tsfa.fl.vit import ViT, ViTConfig, load_pretrained
+from tsfa.fl.vit import ViT, ViTConfig
 
 
 def write_cifar(root, n_train=5, n_test=3, seed=0):

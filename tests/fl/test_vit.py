@@ -4,8 +4,8 @@ test_checkpoints.py)."""
 import pytest
 import torch
 
-from tsfa.fl.checkpoints import CheckpointError
-from tsfa.fl.vit import ViT, ViTConfig, flops_per_sample, hf_to_tsfa_key, load_pretrained
+from tsfa.fl.checkpoints import CheckpointError, hf_to_tsfa_key, load_pretrained
+from tsfa.fl.vit import ViT, ViTConfig, flops_per_sample
 
 
 def tiny_cfg(**kw):

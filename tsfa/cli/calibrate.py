@@ -135,6 +135,7 @@ def calibrate_weights_cmd(
     import time
 
     from tsfa.config.experiment import load_run_config
+    from tsfa.engines.local import train
     from tsfa.experiments.cache import lookup, run_many
     from tsfa.experiments.horizon import calibration_table, fit_calibration, write_calibration
     from tsfa.experiments.pipeline import offline_stage
@@ -162,7 +163,7 @@ def calibrate_weights_cmd(
 
     console.print(f"{len(pilots)} pilots x {stage.cfg.system.training.rounds} rounds, {todo} to "
                   f"train in {store} ({jobs} worker(s)); cached pilots are reused")
-    runs = run_many([c for *_, c in pilots], store, jobs, log)
+    runs = run_many([c for *_, c in pilots], store, train, jobs, log)
     table = pilot_table(pilots, runs)
     eps = {}
     if cfg.experiment.task == "synthetic":  # the embedded task's eps(r) is known exactly

@@ -32,6 +32,7 @@ def figures_cmd(
 ) -> None:
     """Regenerate the eight figures of docs/model.md §7 from cached runs (tsfa's reconstruction on
     its embedded task, not the paper's results). Configurations ship with the package."""
+    from tsfa.engines.local import train
     from tsfa.reporting.figures import FIGURES, make_all
     from tsfa.reporting.progress import progress_bar
 
@@ -52,7 +53,27 @@ def figures_cmd(
                 update(len(done), f"{name} {seconds:.0f} s")
 
             timing = make_all(out, size, names, store, log=console.print, on_figure=advance,
-                              **options)
+                              train=train, **options)
     except (OSError, ValueError, SpecError) as exc:
         fail(str(exc))
     console.print(f"{len(timing)} figures in {out} ({sum(timing.values()):.0f} s)")
+
+
+def script_main(name: str, argv=None) -> None:
+    """Entry point of the ``analysis/<name>.py`` scripts: ``--out DIR --size SIZE --threads N``."""
+    import argparse
+
+    from tsfa.engines.local import train
+    from tsfa.experiments.runs import SIZES
+    from tsfa.fl.device import set_threads
+    from tsfa.reporting.figures import FIGURES, NOTE, make_figure
+
+    p = argparse.ArgumentParser(description=f"{name}: {FIGURES[name]} ({NOTE}).")
+    p.add_argument("--out", default="figures", help="output directory (runs cached in OUT/runs)")
+    p.add_argument("--size", default="quick", choices=SIZES)
+    p.add_argument("--store", default=None, help="run cache directory (default OUT/runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
+    a = p.parse_args(argv)
+    set_threads(a.threads)
+    for path in make_figure(name, a.out, a.size, a.store, train=train):
+        print(path)

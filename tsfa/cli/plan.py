@@ -121,9 +121,9 @@ def rank_cmd(spec: SpecArg = None, json_out: JsonOpt = False,
 def write_control(out: Path, spec, rep: dict, **extra) -> None:
     """Controller results: config + metadata, P2 inputs (clients.csv, p2_inputs.json), summary
     CSV, latency/queue PNG, and rounds.csv when the report kept the rounds (else streamed)."""
+    from tsfa.experiments.results import prepare_dir, write_table
     from tsfa.reporting.control_record import write_inputs
     from tsfa.reporting.plots import control_traces
-    from tsfa.reporting.results import prepare_dir, write_table
 
     path = prepare_dir(out, spec.to_toml(), spec.clients.seed, rank=rep["rank"], V=rep["V"],
                        **extra)
@@ -171,9 +171,9 @@ def control_cmd(
 
     --json and --out stream the rounds (every input of each round's P2 and its decision) as they
     are made, so memory does not grow with --rounds."""
+    from tsfa.experiments.results import prepare_dir
     from tsfa.reporting.control_record import CsvStream, JsonStream
     from tsfa.reporting.report import control_report, control_setup
-    from tsfa.reporting.results import prepare_dir
 
     s = load(spec)
     _control_options(s, rounds, v, solver, rank)

@@ -178,7 +178,7 @@ def train_cmd(
 
 def _print_budget(result) -> None:
     """The run's deferral share and each client's time-averaged latency over its budget."""
-    from tsfa.reporting.results import budget_summary
+    from tsfa.experiments.results import budget_summary
 
     cl = result.clients
     if cl is None or cl.empty or "sent" not in cl:
@@ -214,8 +214,8 @@ def run_cmd(
     The paper-scale answer (ViT-Base q,v) is `tsfa rank` on the default spec.
     """
     from tsfa.config.experiment import load_run_config
+    from tsfa.experiments.results import final_accuracy, prepare_dir, write_table
     from tsfa.reporting.report import control_report, rank_report
-    from tsfa.reporting.results import final_accuracy, prepare_dir, write_table
 
     try:
         cfg = load_run_config(config)

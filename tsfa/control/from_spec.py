@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from tsfa.config.spec import SystemSpec
-from tsfa.control.lyapunov import EqualBandwidthPolicy, LyapunovController, MyopicPolicy
+from tsfa.control.lyapunov import LyapunovController
+from tsfa.control.reference import EqualBandwidthPolicy, MyopicPolicy
 from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, round_deadlines_s
 from tsfa.maths.payload import PayloadModel
 from tsfa.maths.penalty import penalty_scale_s2

@@ -5,7 +5,8 @@ problem P2 (:mod:`tsfa.optim.problem`) with penalty weights ``v_k = V Gamma_k``.
 exposes ``decide(queues, gamma_hz) -> Decision``, ``update_queues(queues, latency_s)`` and
 ``initial_queues()``; the federated server calls them each round with latencies from the real
 payloads, and defers the clients whose ``Decision.sent`` is False. The reference policies live in
-:mod:`tsfa.control.reference`, the simulator in :mod:`tsfa.control.simulate` (both re-exported).
+:mod:`tsfa.control.reference`, the simulator in :mod:`tsfa.control.simulate`; :func:`start_queues`
+gives a run's warm start (docs/model.md §4, "Finite horizon").
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tsfa.control.base import CONSTRAINTS, BasePolicy, Decision, update_queues
-from tsfa.control.reference import EqualBandwidthPolicy, MyopicPolicy
-from tsfa.control.simulate import SimulationResult, example_system, run_rounds, simulate
+from tsfa.control.base import BasePolicy, Decision
+from tsfa.control.simulate import steady_queues
 from tsfa.optim import CvxpyP2, P2Problem, solve_bcd, solve_joint
 from tsfa.optim.p2_cvxpy import MAX_CLIENTS, restricted_solver
 from tsfa.optim.p2_deadline import max_latency_p2, sender_floor, solve_deadline, waterfill_senders
@@ -25,9 +25,7 @@ from tsfa.optim.result import INFEASIBLE, OPTIMAL
 
 SOLVERS = ("analytic", "joint", "cvxpy")
 
-__all__ = ["CONSTRAINTS", "SOLVERS", "Decision", "LyapunovController", "EqualBandwidthPolicy",
-           "MyopicPolicy", "SimulationResult", "example_system", "run_rounds", "simulate",
-           "update_queues"]
+__all__ = ["SOLVERS", "LyapunovController", "start_queues"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +107,11 @@ class LyapunovController(BasePolicy):
         if rho is None:
             return self.failed(INFEASIBLE)
         return self.decision(prob, rho, w, OPTIMAL, None, queues)
+
+
+def start_queues(policy, spec, mean_gamma_hz, horizon: int, seed) -> np.ndarray | None:
+    """Q^0 of a run under ``spec.control.queue_start``: :func:`tsfa.control.simulate.steady_queues`
+    for the Lyapunov controller under ``steady``; None (start from zero) otherwise."""
+    if spec.control.queue_start == "steady" and isinstance(policy, LyapunovController):
+        return steady_queues(policy, mean_gamma_hz, horizon, seed)
+    return None

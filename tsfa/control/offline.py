@@ -355,10 +355,3 @@ def relaxed_rank(spec: SystemSpec, inst: SystemInstance | None = None, solver: s
         {"latency": np.asarray(latency.dual_value, float)},
         int(prob.solver_stats.num_iters or 0), time.perf_counter() - t0, f"cvxpy:{solver}", "")
 
-
-def __getattr__(name: str):  # rank_sensitivity lives in tsfa.control.sensitivity
-    if name in ("rank_sensitivity", "SENSITIVITY_KEYS"):
-        from tsfa.control import sensitivity
-
-        return getattr(sensitivity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

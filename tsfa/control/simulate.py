@@ -90,16 +90,6 @@ def steady_queues(policy, mean_gamma_hz, horizon: int, seed,
     return np.quantile(np.asarray(kept), quantile, axis=0)
 
 
-def start_queues(policy, spec, mean_gamma_hz, horizon: int, seed) -> np.ndarray | None:
-    """Q^0 of a run under ``spec.control.queue_start``: :func:`steady_queues` for the Lyapunov
-    controller under ``steady``; None (start from zero) otherwise."""
-    from tsfa.control.lyapunov import LyapunovController
-
-    if spec.control.queue_start == "steady" and isinstance(policy, LyapunovController):
-        return steady_queues(policy, mean_gamma_hz, horizon, seed)
-    return None
-
-
 class RunningSummary:
     """Per-client time averages of a stream of :class:`RoundRecord` in O(K) memory, plus running
     traces (time-averaged latency over budget and queue) of up to ``trace_clients`` clients."""

@@ -20,13 +20,13 @@ import torch
 
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.output import RunOutput, RunResult
+from tsfa.experiments.results import check_same_config
 from tsfa.fl.build import client_data
 from tsfa.fl.client import Client, ClientState, GlobalModel
 from tsfa.fl.device import resolve_device
 from tsfa.fl.pool import make_pool
 from tsfa.fl.server import ServerState, build_server
 from tsfa.fl.tasks import Task
-from tsfa.reporting.results import check_same_config
 
 CHECKPOINT = "checkpoint.pt"
 

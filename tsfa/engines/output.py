@@ -16,9 +16,9 @@ import pandas as pd
 from tsfa.config.experiment import RunConfig
 from tsfa.config.spec import SystemSpec
 from tsfa.control.offline import optimal_rank
+from tsfa.experiments.results import RoundTables, prepare_dir, write_table
 from tsfa.fl.partition import class_histograms
 from tsfa.fl.server import RoundRecord, Server
-from tsfa.reporting.results import RoundTables, prepare_dir, write_table
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ trained twice.
 * :func:`run_many`: many runs, the missing ones trained in ``jobs`` worker processes (torch
   threads split between them, :func:`tsfa.fl.device.default_threads`).
 
+Both take the trainer, ``train(cfg, out=..., resume=..., **options)``, from their caller (the
+in-process engine, :func:`tsfa.engines.local.train`, is on a higher floor than this one,
+docs/architecture.md): the cache stores and finds runs, an engine trains them.
+
 The key is the resolved config (``bf16`` runs get a ``-bf16`` suffix); how the clients were
 run (batched or sequential) and the device are not part of it: they change results by
 floating-point rounding only.
@@ -71,9 +75,7 @@ def _done(path: Path, cfg: RunConfig, keep_checkpoint: bool = False) -> bool:
     return len(pd.read_csv(rounds, usecols=["round"])) >= cfg.system.training.rounds
 
 
-def _train(cfg: RunConfig, path: Path, options: dict, threads: int | None = None) -> None:
-    from tsfa.engines.local import train
-
+def _train(train, cfg: RunConfig, path: Path, options: dict, threads: int | None = None) -> None:
     if threads is not None:
         from tsfa.fl.device import set_threads
 
@@ -88,9 +90,10 @@ def _read(path: Path, reused: bool, keep_checkpoint: bool) -> CachedRun:
                      reused)
 
 
-def cached_train(cfg: RunConfig, store: str | Path, log=None, keep_checkpoint: bool = False,
-                 **options) -> CachedRun:
-    """Train ``cfg`` into ``store/<config_hash>`` unless that run already finished there.
+def cached_train(cfg: RunConfig, store: str | Path, train, log=None,
+                 keep_checkpoint: bool = False, **options) -> CachedRun:
+    """Train ``cfg`` into ``store/<config_hash>`` with ``train`` (module docstring) unless that
+    run already finished there.
 
     A started but unfinished run resumes from its checkpoint. The final checkpoint (global
     factors, memories) is deleted unless ``keep_checkpoint`` (a finished run without one is
@@ -104,7 +107,7 @@ def cached_train(cfg: RunConfig, store: str | Path, log=None, keep_checkpoint: b
         if log:
             log(f"train {path.name}: {cfg.experiment.method}/{cfg.experiment.controller} "
                 f"r={cfg.experiment.rank} rho={cfg.experiment.rho:g}")
-        _train(cfg, path, options)
+        _train(train, cfg, path, options)
     return _read(path, reused, keep_checkpoint)
 
 
@@ -115,10 +118,11 @@ def lookup(cfg: RunConfig, store: str | Path, precision: str = "fp32") -> Cached
     return _read(path, True, True) if _done(path, cfg) else None
 
 
-def run_many(cfgs: list[RunConfig], store: str | Path, jobs: int = 1, log=None,
+def run_many(cfgs: list[RunConfig], store: str | Path, train, jobs: int = 1, log=None,
              **options) -> list[CachedRun]:
     """:func:`cached_train` for every config, in order; the runs not yet in the cache are
-    trained ``jobs`` at a time in worker processes (each with its share of the cores)."""
+    trained ``jobs`` at a time in worker processes (each with its share of the cores) by
+    ``train``, a module-level function (it is sent to the workers by name)."""
     from tsfa.fl.device import default_threads
 
     precision = options.get("precision", "fp32")
@@ -127,12 +131,12 @@ def run_many(cfgs: list[RunConfig], store: str | Path, jobs: int = 1, log=None,
     if todo and jobs > 1:
         threads = default_threads(jobs)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_train, c, p, options, threads) for p, c in todo.items()]
+            futures = [pool.submit(_train, train, c, p, options, threads) for p, c in todo.items()]
             for p, f in zip(todo, futures, strict=True):
                 f.result()
                 if log:
                     log(f"finished {p.name}")
-    return [cached_train(c, store, log, **options) for c in cfgs]
+    return [cached_train(c, store, train, log, **options) for c in cfgs]
 
 
 __all__ = ["canonical", "config_hash", "CachedRun", "cached_train", "lookup", "run_many"]

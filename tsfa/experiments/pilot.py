@@ -320,7 +320,7 @@ def save_pilot(result: PilotResult, out: str | Path, system: SystemSpec | None =
                command: str | None = None) -> Path:
     """Write the pilot folder: config.toml, metadata.json, the CSV tables, summary.json and,
     when ``system`` (or ``result.system``) is given, system.toml (the base of calibration)."""
-    from tsfa.reporting.results import prepare_dir, write_table
+    from tsfa.experiments.results import prepare_dir, write_table
 
     path = prepare_dir(out, pilot_toml(result), result.config.seed, command=command,
                        kind="pilot")

@@ -194,7 +194,7 @@ def v_sweep(spec: SystemSpec, values, rounds: int, rank: int | None = None,
     the mean queue [s].
     """
     from tsfa.control.from_spec import make_policy
-    from tsfa.control.lyapunov import simulate
+    from tsfa.control.simulate import simulate
     from tsfa.maths.rng import substream
 
     inst = realize(spec)

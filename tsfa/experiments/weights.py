@@ -75,8 +75,8 @@ def pilot_configs(cfg: RunConfig, plan: PilotPlan) -> list[tuple[str, int, float
 
 def pilot_table(pilots, runs) -> pd.DataFrame:
     """One row per pilot: kind, rank, rho, seed, final_error (1 - mean accuracy of the last
-    rounds, :func:`tsfa.reporting.results.final_accuracy`), final_test_loss, rounds, path."""
-    from tsfa.reporting.results import final_accuracy
+    rounds, :func:`tsfa.experiments.results.final_accuracy`), final_test_loss, rounds, path."""
+    from tsfa.experiments.results import final_accuracy
 
     rows = []
     for (kind, r, p, s, _), run in zip(pilots, runs, strict=True):

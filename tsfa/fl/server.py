@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tsfa.config.experiment import RunConfig
 from tsfa.config.spec import SystemSpec
 from tsfa.control.from_spec import make_policy
-from tsfa.control.simulate import start_queues
+from tsfa.control.lyapunov import start_queues
 from tsfa.fl import metrics as mx
 from tsfa.fl.aggregate import aggregate, fedavg
 from tsfa.fl.build import Data, lora_model, run_task, test_data

@@ -13,7 +13,6 @@ Pre-trained weights (Hugging Face, timm or tsfa names): :mod:`tsfa.fl.checkpoint
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -232,16 +231,5 @@ def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-# Checkpoint loading lives in tsfa.fl.checkpoints; these names stay importable from here.
-_MOVED = ("load_pretrained", "load_vit", "hf_to_tsfa_key", "read_state_dict", "LoadReport",
-          "HF_KEY_MAP", "CheckpointError", "vit_config_from_hf")
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module("tsfa.fl.checkpoints"), name)
-    raise AttributeError(f"module 'tsfa.fl.vit' has no attribute {name!r}")
-
-
 __all__ = ["ViTConfig", "ViT", "flops_per_sample", "num_parameters", "unsupported_settings",
-           "LAYER_NORM_EPS", *_MOVED]
+           "LAYER_NORM_EPS"]

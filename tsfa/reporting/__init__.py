@@ -1,2 +1,2 @@
-"""Reporting: result folders (:mod:`tsfa.reporting.results`), reports for the CLI
-(:mod:`tsfa.reporting.report`), plot styles and the paper-style figures."""
+"""Reporting: reports for the CLI (:mod:`tsfa.reporting.report`), the controller's record,
+plot styles and the paper-style figures (result folders are :mod:`tsfa.experiments.results`)."""

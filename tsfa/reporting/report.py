@@ -124,10 +124,11 @@ def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver
     at most 1e6). Returns the setup's status, rank, V, solver, policy, budgets, warnings and P2
     inputs, plus summary, average_penalty, traces and late_rounds (rounds in which a sender
     ended after its deadline: 0 by construction). Queues start as ``control.queue_start`` says
-    (:func:`tsfa.control.simulate.start_queues`) for a run of ``horizon`` rounds (default
+    (:func:`tsfa.control.lyapunov.start_queues`) for a run of ``horizon`` rounds (default
     ``rounds``).
     """
-    from tsfa.control.simulate import RoundsTable, RunningSummary, run_rounds, start_queues
+    from tsfa.control.lyapunov import start_queues
+    from tsfa.control.simulate import RoundsTable, RunningSummary, run_rounds
 
     setup = control_setup(spec, V, solver, rank, policy, rho) if setup is None else setup
     if setup["status"] != "optimal":

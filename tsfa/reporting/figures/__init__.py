@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tsfa.experiments.runs import SIZES, BaseRun, analysis_config, base_run
 
-NOTE = "tsfa reconstruction (embedded task), not the paper's results"
+from tsfa.reporting.captions import NOTE
 RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
       "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.markersize": 3}
 
@@ -38,8 +38,10 @@ FIGURES = {
 @dataclass
 class Context:
     """What a figure function gets: its config (``<name>.toml`` at ``size``), the run
-    ``store``, the shared base run (built lazily), a ``log`` callable and the run ``options``
-    (``clients``, ``device``, ``precision`` of :func:`tsfa.engines.local.train`)."""
+    ``store``, the shared base run (built lazily), a ``log`` callable, the run ``options``
+    (``clients``, ``device``, ``precision``) and the ``train`` function that trains a missing
+    run (:func:`tsfa.experiments.cache.cached_train`; the engines' floor, given by the caller:
+    ``tsfa figures`` passes :func:`tsfa.engines.local.train`). Analytic figures need none."""
 
     name: str
     size: str
@@ -47,6 +49,7 @@ class Context:
     log: object = print
     _base: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    train: object = None
 
     @property
     def conf(self) -> dict:
@@ -79,14 +82,15 @@ def save(fig, df, out: Path, name: str) -> list[Path]:
 
 
 def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Path | None = None,
-                log=print, _shared: dict | None = None, **options) -> list[Path]:
-    """Compute (or reuse the runs of) one figure and write it into ``out``. ``options``:
-    ``clients``, ``device``, ``precision`` of the runs it trains."""
+                log=print, _shared: dict | None = None, train=None, **options) -> list[Path]:
+    """Compute (or reuse the runs of) one figure and write it into ``out``. ``train``: the
+    trainer of missing runs (:class:`Context`); ``options``: ``clients``, ``device``,
+    ``precision`` of the runs it trains."""
     from . import analytic, training
 
     out = Path(out)
     ctx = Context(name, size, Path(store) if store else out / "runs", log,
-                  _shared if _shared is not None else {}, options)
+                  _shared if _shared is not None else {}, options, train)
     fn = getattr(analytic, name, None) or getattr(training, name)
     import matplotlib.pyplot as plt
 
@@ -96,7 +100,7 @@ def make_figure(name: str, out: str | Path, size: str = "quick", store: str | Pa
 
 
 def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=print,
-             on_figure=None, **options) -> dict:
+             on_figure=None, train=None, **options) -> dict:
     """Every figure (or ``names``) into ``out``; returns and writes ``out/timing.json``.
 
     ``on_figure(name, seconds)`` after each figure (e.g. a progress bar); ``options``: see
@@ -108,7 +112,7 @@ def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=p
     timing = {}
     for name in names or FIGURES:
         t0 = time.perf_counter()
-        make_figure(name, out, size, store, log, shared, **options)
+        make_figure(name, out, size, store, log, shared, train, **options)
         timing[name] = round(time.perf_counter() - t0, 2)
         log(f"{name}: {timing[name]:.1f} s")
         if on_figure is not None:
@@ -118,20 +122,3 @@ def make_all(out: str | Path, size: str = "quick", names=None, store=None, log=p
 
 
 __all__ = ["FIGURES", "NOTE", "Context", "make_figure", "make_all", "save"]
-
-
-def script_main(name: str, argv=None) -> None:
-    """Entry point of the ``analysis/<name>.py`` scripts: ``--out DIR --size SIZE --threads N``."""
-    import argparse
-
-    from tsfa.fl.device import set_threads
-
-    p = argparse.ArgumentParser(description=f"{name}: {FIGURES[name]} ({NOTE}).")
-    p.add_argument("--out", default="figures", help="output directory (runs cached in OUT/runs)")
-    p.add_argument("--size", default="quick", choices=SIZES)
-    p.add_argument("--store", default=None, help="run cache directory (default OUT/runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
-    a = p.parse_args(argv)
-    set_threads(a.threads)
-    for path in make_figure(name, a.out, a.size, a.store):
-        print(path)

@@ -16,18 +16,22 @@ from tsfa.control.offline import affordable_rho
 from tsfa.experiments.cache import cached_train
 from tsfa.experiments.runs import scaled_budget
 from tsfa.maths.instance import realize
+from tsfa.reporting.captions import NOTE
 from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
-from tsfa.reporting.results import LAST_ROUNDS as LAST
-from tsfa.reporting.results import final_accuracy
+from tsfa.experiments.results import LAST_ROUNDS as LAST
+from tsfa.experiments.results import final_accuracy
 
-from . import NOTE
 
 LABELS = {"soft": "SOFT", "tlora": "TLoRA", "rlora": "RLoRA", "slora": "SLoRA", "ilora": "ILoRA"}
 COLORS = {"soft": "C0", "tlora": "C1", "rlora": "C2", "slora": "C3", "ilora": "k"}
 
 
 def _run(ctx, **changes):
-    return cached_train(ctx.base.cfg.replace(**changes), ctx.store, ctx.log, **ctx.options)
+    if ctx.train is None:
+        raise ValueError(f"{ctx.name}: a training figure needs a trainer (make_figure(..., "
+                         "train=tsfa.engines.local.train))")
+    return cached_train(ctx.base.cfg.replace(**changes), ctx.store, ctx.train, ctx.log,
+                        **ctx.options)
 
 
 def _runs(ctx, **changes) -> list:

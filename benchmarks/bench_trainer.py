@@ -37,6 +37,9 @@ user runs it as is):
 
     python benchmarks/bench_trainer.py [--widths tiny small base] [--devices cpu cuda]
                                        [--clients 10 50] [--threads 2] [--repeats 3]
+
+``--smoke`` (the test suite's check, seconds): the tiny width only, K = 2 and 4, 2 local steps
+of b = 8 on 32 samples per client, 1 repeat, sequential path on 2 clients (``SMOKE``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ from tsfa.fl.batched import (  # noqa: E402
 from tsfa.fl.device import set_threads  # noqa: E402
 from tsfa.fl.lora import apply_lora, get_factors, get_head_state, lora_modules  # noqa: E402
 from tsfa.fl.synthetic import SyntheticConfig  # noqa: E402
-from tsfa.fl.vit import ViT, ViTConfig  # noqa: E402
+from tsfa.fl.vit import ViT  # noqa: E402
+from tsfa.fl.vit_config import ViTConfig  # noqa: E402
 
 WIDTHS = {"tiny": lambda: SyntheticConfig().vit,
           "small": lambda: ViTConfig(224, 16, 3, 10, 384, 12, 6, 4.0),
@@ -93,6 +97,7 @@ PLANS = {("tiny", "cpu"): Plan((1, 10, 50), 20, 32, None),
          ("tiny", "cuda"): Plan((10, 50, 200), 20, 32, None),
          ("small", "cuda"): Plan((10, 50), 5, 32, 256),
          ("base", "cuda"): Plan((4, 10), 3, 16, 128)}
+SMOKE = Plan((2, 4), steps=2, batch=8, samples=32)  # --smoke, for every device
 
 
 def setup(width: str, k_clients: int, plan: Plan, device: str, seed: int = 0):
@@ -258,8 +263,8 @@ def memory_model(width: str, plan: Plan, device: str, threads: int) -> dict:
 
 
 def run_width(width: str, device: str, clients, threads: int, repeats: int,
-              seq_clients: int | None) -> None:
-    plan = PLANS[(width, "cuda" if device == "cuda" else "cpu")]
+              seq_clients: int | None, plan: Plan | None = None) -> None:
+    plan = plan or PLANS[(width, "cuda" if device == "cuda" else "cpu")]
     if clients:
         plan = Plan(tuple(clients), plan.steps, plan.batch, plan.samples)
     print(f"\n## {width} ViT on {device}: tau = {plan.steps}, b = {plan.batch}, samples per client "
@@ -310,8 +315,17 @@ def main() -> None:
     parser.add_argument("--sequential-clients", type=int, default=None,
                         help="time the sequential path on this many clients only (its "
                              "client-steps/s does not depend on K); default: all K")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"a few seconds' check: width tiny, K = {SMOKE.clients}, "
+                             f"{SMOKE.steps} steps of b = {SMOKE.batch} on {SMOKE.samples} "
+                             "samples per client, 1 repeat, sequential on 2 clients (overrides "
+                             "--widths, --clients, --repeats, --sequential-clients)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    smoke_plan = None
+    if args.smoke:
+        args.widths, args.clients, args.repeats = ["tiny"], None, 1
+        args.sequential_clients, smoke_plan = min(SMOKE.clients), SMOKE
     if args.memory_worker:
         width, k, plan, device, mode, threads, clients = json.loads(args.memory_worker)
         set_threads(threads)
@@ -326,7 +340,7 @@ def main() -> None:
     for device in devices:
         for width in args.widths:
             run_width(width, device, args.clients, threads, args.repeats,
-                      args.sequential_clients)
+                      args.sequential_clients, smoke_plan)
     print(f"\nload average at the end: {load()}")
 
 

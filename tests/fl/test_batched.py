@@ -17,7 +17,8 @@ from tsfa.fl.batched import (
 )
 from tsfa.fl.compress import soft_select
 from tsfa.fl.lora import apply_lora, get_factors, get_head_state, set_factors, soft_regulariser
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig
 from tsfa.maths.rng import substream
 
 CFG = ViTConfig(image_size=8, patch_size=4, in_chans=3, num_classes=5, dim=32, depth=2, heads=2)

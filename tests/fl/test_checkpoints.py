@@ -19,7 +19,8 @@ from tsfa.fl.checkpoints import (
     vit_config_from_hf,
 )
 from tsfa.fl.lora import apply_lora
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig
 
 torch.set_num_threads(1)
 SMALL = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,

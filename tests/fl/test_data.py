@@ -22,7 +22,8 @@ from tsfa.fl.synthetic import (
     pretrain_backbone,
     rank_floor,
 )
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig
 
 
 def write_cifar(root, n_train=5, n_test=3, seed=0):

@@ -14,7 +14,8 @@ from tsfa.fl.lora import (
     set_factors,
     soft_regulariser,
 )
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig
 
 CFG = ViTConfig(image_size=8, patch_size=4, in_chans=3, num_classes=5, dim=8, depth=2, heads=2)
 

@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 from tsfa.fl.data import ArrayDataset
 from tsfa.fl.partition import dirichlet_partition
 from tsfa.fl.tasks import build_model, task_from_arrays, task_from_datasets
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig
 from tsfa.maths.rng import substream
 
 torch.set_num_threads(1)

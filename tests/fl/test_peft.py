@@ -24,7 +24,8 @@ from tsfa.fl.compress import head_bits, make_compressor, payload_bits  # noqa: E
 from tsfa.fl.lora import LoRALinear, apply_lora, get_factors, set_factors  # noqa: E402
 from tsfa.fl.peft_bridge import PeftLoRA, trainable_parameters  # noqa: E402
 from tsfa.fl.tasks import task_from_arrays  # noqa: E402
-from tsfa.fl.vit import ViT, flops_per_sample  # noqa: E402
+from tsfa.fl.vit import ViT  # noqa: E402
+from tsfa.fl.vit_config import flops_per_sample  # noqa: E402
 from tsfa.maths import wireless as wl  # noqa: E402
 from tsfa.maths.instance import realize  # noqa: E402
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tsfa.fl.checkpoints import CheckpointError, hf_to_tsfa_key, load_pretrained
-from tsfa.fl.vit import ViT, ViTConfig, flops_per_sample
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig, flops_per_sample
 
 
 def tiny_cfg(**kw):

@@ -27,6 +27,22 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def choice(values, help: str, *names: str):
+    """A ``typer.Option`` with fixed choices: ``--help`` lists them, and a value outside them is
+    refused while the command line is parsed (before any work) in one line naming the option."""
+    values = tuple(values)
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
+        bad = [v for v in (value if isinstance(value, list | tuple) else [value])
+               if v is not None and v not in values]
+        if bad and not ctx.resilient_parsing:
+            fail(f"{param.opts[0]} = {bad[0]!r}: must be one of {', '.join(values)}")
+        return value
+
+    return typer.Option(*names, help=f"{help} One of: {', '.join(values)}.",
+                        metavar="[" + "|".join(values) + "]", callback=check)
+
+
 def warn(message: str) -> None:
     """One line on stderr: ``warning: ...``."""
     typer.echo(f"warning: {message}", err=True)

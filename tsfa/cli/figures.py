@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
-from tsfa.cli.common import app, console, fail
+from tsfa.cli.common import app, choice, console, fail
 from tsfa.cli.train import ClientsOpt, DeviceOpt, PrecisionOpt, ThreadsOpt, run_options
+from tsfa.config.choices import SIZES
 from tsfa.config.spec import SpecError
+from tsfa.reporting.figures import FIGURES
 
 
 @app.command("figures")
@@ -18,11 +20,11 @@ def figures_cmd(
         "figures"),
     quick: Annotated[bool, typer.Option(
         "--quick", help="Small runs (5 clients, 24 rounds).")] = False,
-    size: Annotated[str | None, typer.Option(
-        help="Run size: tiny (test suite), quick, full or paper (a GPU) (default: full, or "
+    size: Annotated[str | None, choice(
+        SIZES, "Run size: tiny (test suite), quick, full or paper (a GPU) (default: full, or "
         "quick with --quick).")] = None,
-    only: Annotated[list[str] | None, typer.Option(
-        help="Only this figure (repeatable), e.g. fig5_control_v.")] = None,
+    only: Annotated[list[str] | None, choice(
+        FIGURES, "Only this figure (repeatable).")] = None,
     store: Annotated[Path | None, typer.Option(
         help="Run cache directory (default OUT/runs); finished runs are reused.")] = None,
     clients: ClientsOpt = "batched",
@@ -33,15 +35,10 @@ def figures_cmd(
     """Regenerate the eight figures of docs/model.md §7 from cached runs (tsfa's reconstruction on
     its embedded task, not the paper's results). Configurations ship with the package."""
     from tsfa.engines.local import train
-    from tsfa.reporting.figures import FIGURES, make_all
+    from tsfa.reporting.figures import make_all
     from tsfa.reporting.progress import progress_bar
 
     size = size or ("quick" if quick else "full")
-    if size not in ("tiny", "quick", "full", "paper"):
-        fail(f"--size = {size!r}: must be one of tiny, quick, full, paper")
-    bad = [n for n in only or [] if n not in FIGURES]
-    if bad:
-        fail(f"--only = {bad[0]!r}: must be one of {', '.join(FIGURES)}")
     options = run_options(clients, device, precision, threads)
     names = only or list(FIGURES)
     try:
@@ -64,7 +61,6 @@ def script_main(name: str, argv=None) -> None:
     import argparse
 
     from tsfa.engines.local import train
-    from tsfa.experiments.runs import SIZES
     from tsfa.fl.device import set_threads
     from tsfa.reporting.figures import FIGURES, NOTE, make_figure
 

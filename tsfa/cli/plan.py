@@ -14,6 +14,7 @@ from tsfa.cli.common import (
     JsonOpt,
     SpecArg,
     app,
+    choice,
     console,
     fail,
     load,
@@ -21,6 +22,7 @@ from tsfa.cli.common import (
     print_json,
     warn,
 )
+from tsfa.config.choices import SOLVERS
 from tsfa.config.spec import SpecError
 
 
@@ -144,8 +146,6 @@ def _control_options(s, rounds: int, v: float | None, solver: str, rank: int | N
         fail(f"--rounds = {rounds}: must be an integer between 1 and 10000000")
     if v is not None and not (math.isfinite(v) and 0 <= v <= 1e12):
         fail(f"--v = {v}: must be a finite number between 0 and 1e12")
-    if solver not in ("analytic", "joint", "cvxpy"):
-        fail(f"--solver = {solver!r}: must be one of analytic, joint, cvxpy")
     if solver == "cvxpy" and s.clients.num_clients > MAX_CLIENTS:
         fail(f"--solver = 'cvxpy': limited to K <= {MAX_CLIENTS} clients (clients.num_clients = "
              f"{s.clients.num_clients}); use --solver joint")
@@ -161,7 +161,7 @@ def control_cmd(
     spec: SpecArg = None,
     rounds: Annotated[int, typer.Option(help="Rounds T of block Rayleigh fading, 1..1e7.")] = 200,
     v: Annotated[float | None, typer.Option("--v", help="V >= 0 (default: control.V).")] = None,
-    solver: Annotated[str, typer.Option(help="P2 solver: analytic, joint or cvxpy.")] = "joint",
+    solver: Annotated[str, choice(SOLVERS, "P2 solver.")] = "joint",
     rank: Annotated[int | None, typer.Option(
         help="LoRA rank, 1..min(d_in, d_out) (default: the offline r*).")] = None,
     json_out: JsonOpt = False,

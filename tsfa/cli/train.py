@@ -7,17 +7,16 @@ from typing import Annotated
 
 import typer
 
-from tsfa.cli.common import app, console, fail, print_frame, warn
+from tsfa.cli.common import app, choice, console, fail, print_frame, warn
 from tsfa.cli.plan import CalibrationOpt, write_control
+from tsfa.config.choices import CONTROLLERS, DEVICES, ENGINES, METHODS, POOLS, PRECISIONS, TASKS
 from tsfa.config.spec import SpecError
 
-ClientsOpt = Annotated[str, typer.Option(
-    help="How the in-process engine runs its clients: batched (all local training in one "
-    "batched computation) or sequential (one after another, the reference).")]
-DeviceOpt = Annotated[str, typer.Option(
-    help="auto (a GPU when present), cpu, cuda or mps.")]
-PrecisionOpt = Annotated[str, typer.Option(
-    help="Local-training precision: fp32, or bf16 (autocast).")]
+ClientsOpt = Annotated[str, choice(POOLS,
+    "How the in-process engine runs its clients: batched (all local training in one batched "
+    "computation) or sequential (one after another, the reference).")]
+DeviceOpt = Annotated[str, choice(DEVICES, "Where training runs (auto: a GPU when present).")]
+PrecisionOpt = Annotated[str, choice(PRECISIONS, "Local-training precision (bf16: autocast).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, help="Torch CPU threads (default: the cores this process may use).")]
 ResumeOpt = Annotated[bool, typer.Option(
@@ -26,13 +25,12 @@ ResumeOpt = Annotated[bool, typer.Option(
 
 def run_options(clients: str, device: str, precision: str, threads: int | None) -> dict:
     """Validate the device/precision/threads options, set the threads; the training options."""
-    from tsfa.fl.device import PRECISIONS, resolve_device, set_threads
-    from tsfa.fl.pool import POOLS
+    from tsfa.fl.device import resolve_device, set_threads
 
-    if clients not in POOLS:
-        fail(f"--clients = {clients!r}: must be one of {', '.join(POOLS)}")
-    if precision not in PRECISIONS:
-        fail(f"--precision = {precision!r}: must be one of {', '.join(PRECISIONS)}")
+    for name, value, values in (("--clients", clients, POOLS), ("--precision", precision,
+                                                                 PRECISIONS)):
+        if value not in values:  # the options refuse these too; here for library callers
+            fail(f"{name} = {value!r}: must be one of {', '.join(values)}")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -100,8 +98,10 @@ def _parse_rank(rank: str | None) -> int | str | None:
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(
         help="Run config TOML (an experiment table plus the system tables; default: embedded task).")] = None,
-    method: Annotated[str | None, typer.Option(help="Uplink compressor (experiment.method).")] = None,
-    controller: Annotated[str | None, typer.Option(help="tsfa, fixed or myopic.")] = None,
+    task: Annotated[str | None, choice(TASKS, "Data of the run (experiment.task).")] = None,
+    method: Annotated[str | None, choice(METHODS, "Uplink compressor (experiment.method).")] = None,
+    controller: Annotated[str | None, choice(
+        CONTROLLERS, "Per-round policy (experiment.controller).")] = None,
     rho: Annotated[float | None, typer.Option(help="Ratio of the fixed policy.")] = None,
     rank: Annotated[str | None, typer.Option(
         help="LoRA rank r, or auto: the offline r* of the trained model's system.")] = None,
@@ -111,8 +111,8 @@ def train_cmd(
     resume: ResumeOpt = False,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved run config as TOML and exit.")] = False,
-    engine: Annotated[str, typer.Option(
-        help="inprocess, or flower (Flower simulation engine on Ray; needs tsfa[flower]; "
+    engine: Annotated[str, choice(
+        ENGINES, "inprocess, or flower (Flower simulation engine on Ray; needs the flower extra; "
         "no --resume; docs/flower.md).")] = "inprocess",
     clients: ClientsOpt = "batched",
     device: DeviceOpt = "cpu",
@@ -132,7 +132,8 @@ def train_cmd(
     try:
         cfg = load_run_config(config)
         changes = {f"experiment.{k}": v for k, v in dict(
-            method=method, controller=controller, rho=rho, seed=seed).items() if v is not None}
+            task=task, method=method, controller=controller, rho=rho, seed=seed).items()
+            if v is not None}
         if isinstance(rank_arg, int):
             changes["experiment.rank"] = rank_arg
         if rounds is not None:
@@ -140,8 +141,14 @@ def train_cmd(
         cfg = cfg.replace(**changes) if changes else cfg
     except SpecError as exc:
         fail(str(exc))
-    if engine not in ("inprocess", "flower"):
-        fail(f"--engine = {engine!r}: must be one of inprocess, flower")
+    if rank_arg != "auto":
+        from tsfa.fl.vit_config import check_rank
+
+        try:  # before any work: the width of the model's LoRA modules caps the rank
+            check_rank(cfg.experiment, "--rank (experiment.rank)" if rank_arg else
+                       "experiment.rank")
+        except ValueError as exc:
+            fail(str(exc))
     if engine == "flower" and resume:
         fail("--resume: not supported with --engine flower (error-feedback memories live on "
              "the clients)")

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tsfa.config.choices import CONTROLLERS, METHODS, SOLVERS, TASKS
 from tsfa.config.spec import (
     SECTIONS,
     SpecError,
@@ -29,14 +30,11 @@ from tsfa.config.spec import (
     section_toml_lines,
 )
 
-TASKS = ("synthetic", "fashion_mnist", "cifar100")
-METHODS = ("soft", "tlora", "rlora", "slora", "svd", "ilora", "ffa")
 PROPOSED = ("soft",)  # the proposed method(s): error_feedback = "proposed" keeps EF for these only
 UPLOADS = ("update", "factor")
 FILLS = ("global", "zero")
 ERROR_FEEDBACK = ("all", "none", "proposed")
 COV_CORRECTIONS = ("none", "row_space")
-CONTROLLERS = ("tsfa", "fixed", "myopic")
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,7 @@ class ExperimentSpec(_Section):
                      kind=str)
     controller: str = _f("tsfa", "per-round policy: tsfa (Lyapunov), fixed (equal bandwidth, "
                          "fixed rho), myopic", choices=CONTROLLERS, kind=str)
-    solver: str = _f("joint", "P2 solver of the tsfa controller", choices=("analytic", "joint",
-                     "cvxpy"), kind=str)
+    solver: str = _f("joint", "P2 solver of the tsfa controller", choices=SOLVERS, kind=str)
     rho: float = _f(0.25, "sparsification ratio of the fixed policy", "", 0.0, 1.0, lo_open=True,
                     kind=float)
     rank: int = _f(8, "LoRA rank r", "", 1, 4096, kind=int)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tsfa.config.choices import CONTROLLERS
 from tsfa.config.spec import SystemSpec
 from tsfa.control.lyapunov import LyapunovController
 from tsfa.control.reference import EqualBandwidthPolicy, MyopicPolicy
@@ -27,7 +28,7 @@ from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, ro
 from tsfa.maths.payload import PayloadModel
 from tsfa.maths.penalty import penalty_scale_s2
 
-POLICIES = ("tsfa", "fixed", "myopic")
+POLICIES = CONTROLLERS  # the one list, tsfa.config.choices
 
 
 def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int,

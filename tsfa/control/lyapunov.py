@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tsfa.config.choices import SOLVERS
 from tsfa.control.base import BasePolicy, Decision
 from tsfa.control.simulate import steady_queues
 from tsfa.optim import CvxpyP2, P2Problem, solve_bcd, solve_joint
 from tsfa.optim.p2_cvxpy import MAX_CLIENTS, restricted_solver
 from tsfa.optim.p2_deadline import max_latency_p2, sender_floor, solve_deadline, waterfill_senders
 from tsfa.optim.result import INFEASIBLE, OPTIMAL
-
-SOLVERS = ("analytic", "joint", "cvxpy")
 
 __all__ = ["SOLVERS", "LyapunovController", "start_queues"]
 

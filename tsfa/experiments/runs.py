@@ -27,7 +27,7 @@ from tsfa.control.offline import optimal_rank, rank_table
 from tsfa.maths.instance import realize
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-SIZES = ("tiny", "quick", "full", "paper")  # paper: a GPU run, unchanged (docs/figures.md)
+from tsfa.config.choices import SIZES  # noqa: E402  (paper: a GPU run, docs/figures.md)
 
 
 # --------------------------------------------------------------------------- configs

@@ -37,7 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from tsfa.fl.lora import LoRALinear
-from tsfa.fl.vit import ViT, ViTConfig, unsupported_settings
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig, unsupported_settings
 
 Tensor = torch.Tensor
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -25,8 +25,7 @@ import os
 import numpy as np
 import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16")
+from tsfa.config.choices import DEVICES, PRECISIONS  # noqa: E402  (tsfa.config.choices)
 
 
 def _mps_available() -> bool:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tsfa.config.choices import POOLS  # noqa: E402  (the one list, tsfa.config.choices)
 from tsfa.fl.client import Client, ClientState, ClientTask, ClientUpdate, GlobalModel, LocalResult
-
-POOLS = ("batched", "sequential")
 
 
 class SequentialPool:

@@ -36,7 +36,8 @@ from tsfa.fl.compress import compressor_for, decode_head
 from tsfa.fl.lora import get_factors, get_head_state, set_factors, set_head_state
 from tsfa.fl.partition import client_weights
 from tsfa.fl.tasks import Task
-from tsfa.fl.vit import ViT, flops_per_sample
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import flops_per_sample
 from tsfa.maths import wireless as wl
 from tsfa.maths.instance import realize
 from tsfa.maths.payload import PayloadModel

@@ -36,20 +36,16 @@ import torch
 from torch.nn import functional as F
 
 from tsfa.fl.data import ArrayDataset, select_classes
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig, synthetic_vit
 from tsfa.maths.bound import eps_from_spectrum, power_law_spectrum
-
-
-def _synthetic_vit() -> ViTConfig:
-    return ViTConfig(image_size=16, patch_size=4, in_chans=3, num_classes=10, dim=64, depth=3,
-                     heads=4, mlp_ratio=2.0)
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Teacher task sizes. true_rank <= vit.dim; spectrum_power >= 0; update_scale > 0."""
 
-    vit: ViTConfig = field(default_factory=_synthetic_vit)
+    vit: ViTConfig = field(default_factory=synthetic_vit)
     num_train: int = 20000
     num_test: int = 1000
     true_rank: int = 16

@@ -32,7 +32,8 @@ from tsfa.fl.checkpoints import LoadReport, convert_checkpoint, read_config, vit
 from tsfa.fl.data import FASHION_MNIST_DIR, ArrayDataset, load_cifar100, load_fashion_mnist, select_classes
 from tsfa.fl.partition import class_histograms, dirichlet_partition
 from tsfa.fl.synthetic import SyntheticConfig, make_synthetic_task, pretrain_backbone
-from tsfa.fl.vit import ViT, ViTConfig
+from tsfa.fl.vit import ViT
+from tsfa.fl.vit_config import ViTConfig, task_vit
 from tsfa.maths.rng import substream
 
 
@@ -72,15 +73,15 @@ def build_task(exp: ExperimentSpec, num_clients: int, dirichlet_alpha: float) ->
     """Data, partition (label-Dirichlet, explicit streams) and backbone for ``exp.task``."""
     rng = substream(exp.seed, "partition")
     record = None
+    vit = task_vit(exp)
     if exp.task == "synthetic":
         cfg = SyntheticConfig(num_train=exp.num_train, num_test=exp.num_test)
         st = make_synthetic_task(cfg, substream(exp.seed, "geometry", 1))
-        vit, train, test, backbone, spectrum = cfg.vit, st.train, st.test, st.backbone, st.spectrum
+        train, test, backbone, spectrum = st.train, st.test, st.backbone, st.spectrum
         note = f"synthetic teacher; labels changed by the update: {st.label_flip:.2f}"
     elif exp.task == "fashion_mnist":
         root = Path(exp.data_dir) if exp.data_dir else FASHION_MNIST_DIR
         full_train, full_test = load_fashion_mnist(root)
-        vit = ViTConfig.tiny(num_classes=5, image_size=28, in_chans=1)
         cache = Path(exp.pretrained) if exp.pretrained else (
             Path.home() / ".cache" / "tsfa" / "fmnist_tiny_vit_classes0-4.pt")
         # a given weights file is used as is (never re-trained nor overwritten), so every run
@@ -97,7 +98,6 @@ def build_task(exp: ExperimentSpec, num_clients: int, dirichlet_alpha: float) ->
             raise ValueError("experiment.data_dir: the cifar100 task needs the directory of the "
                              "local cifar-100-python files")
         full_train, full_test = load_cifar100(exp.data_dir)
-        vit = ViTConfig.tiny(num_classes=100, image_size=32, in_chans=3)
         backbone, spectrum, note = None, None, "random backbone"
         if exp.pretrained:
             vit = pretrained_config(exp.pretrained, vit)

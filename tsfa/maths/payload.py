@@ -40,7 +40,8 @@ from functools import cached_property, lru_cache
 import numpy as np
 from numpy.typing import ArrayLike
 
-METHODS = ("soft", "tlora", "rlora", "slora", "svd", "ilora", "ffa")
+from tsfa.config.choices import METHODS  # noqa: E402  (the one list of compressors)
+
 COMPONENT_METHODS = ("soft", "slora", "svd", "ffa")  # keep whole rank components / triplets
 ELEMENT_METHODS = ("tlora", "rlora")  # keep single entries of each factor
 

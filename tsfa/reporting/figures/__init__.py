@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsfa.experiments.runs import SIZES, BaseRun, analysis_config, base_run
+
 
 from tsfa.reporting.captions import NOTE
 RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
@@ -53,17 +53,23 @@ class Context:
 
     @property
     def conf(self) -> dict:
+        from tsfa.experiments.runs import analysis_config
+
         return analysis_config(self.name, self.size)
 
     @property
     def seeds(self) -> list[int]:
         """Seeds of every training figure at this size (``base.toml [seeds]``)."""
+        from tsfa.experiments.runs import analysis_config
+
         return [int(x) for x in analysis_config("base", self.size).get("seeds", {}).get(
             "seeds", [0])]
 
     @property
-    def base(self) -> BaseRun:
+    def base(self):
         if "base" not in self._base:
+            from tsfa.experiments.runs import base_run
+
             self._base["base"] = base_run(self.size)
         return self._base["base"]
 

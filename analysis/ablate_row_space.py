@@ -8,11 +8,14 @@ for SOFT under the *update* protocol, 3 seeds, so that the only difference betwe
 pairs is error feedback. Runs are cached like the comparison's (:mod:`tsfa.experiments.cache`,
 one folder per resolved config with its config and seed), so a stopped run resumes.
 
-    python analysis/ablate_row_space.py [--jobs 2] [--seeds 0 1 2]
+    python analysis/ablate_row_space.py [--jobs 2] [--seeds 0 1 2] [--size quick]
 
-Writes ``analysis/results/ablate_row_space/``: ``runs.csv`` (one row per run: accuracy = mean
-of the last 5 rounds, ||Cov||_F at the end), ``paired.csv`` (plain - corrected per error-feedback
-setting, paired by seed, 95% t-interval, in accuracy), ``config.toml`` and ``metadata.json``.
+``--size`` is one of analysis/compare_grid.py's sizes (``quick`` the measured one; ``smoke``:
+2 rounds of 1 local step, seconds per run, for the test suite, with ``--store`` and ``--out`` in
+a temporary folder). Writes ``analysis/results/ablate_row_space/``: ``runs.csv`` (one row per
+run: accuracy = mean of the last 5 rounds, ||Cov||_F at the end), ``paired.csv`` (plain -
+corrected per error-feedback setting, paired by seed, 95% t-interval, in accuracy),
+``config.toml`` and ``metadata.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_grid import POLICIES, base_config, run_grid  # noqa: E402
+from compare_grid import POLICIES, SIZES, base_config, run_grid  # noqa: E402
 from compare_report import LAST, t_interval  # noqa: E402
 
 from tsfa.experiments.cache import lookup  # noqa: E402
@@ -44,8 +47,8 @@ def effect(lo: float, hi: float) -> str:
     return "correction lowers" if lo > 0 else "correction raises" if hi < 0 else "level"
 
 
-def configs(store: Path, seeds) -> dict:
-    base = base_config("quick", "synthetic", store)
+def configs(store: Path, seeds, size: str = "quick") -> dict:
+    base = base_config(size, "synthetic", store)
     return {(ef, cov, seed): base.replace(**{
         "experiment.method": "soft", "experiment.seed": seed, **POLICIES["rho=1/8"],
         "experiment.upload": "update", "experiment.error_feedback": ef,
@@ -57,12 +60,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--size", choices=SIZES, default="quick",
+                    help="run size of analysis/compare_grid.py (smoke: seconds, for the tests)")
     ap.add_argument("--store", type=Path, default=ROOT / "runs" / "ablate_row_space")
     ap.add_argument("--out", type=Path, default=ROOT / "analysis" / "results" / "ablate_row_space")
     args = ap.parse_args()
     set_threads(1)
     args.store.mkdir(parents=True, exist_ok=True)
-    cfgs = configs(args.store, args.seeds)
+    cfgs = configs(args.store, args.seeds, args.size)
     run_grid(list(cfgs.values()), args.store, args.jobs)
     rows = []
     for (ef, cov, seed), cfg in cfgs.items():
@@ -82,7 +87,7 @@ def main() -> None:
     table = pd.DataFrame(out)
     first = next(iter(cfgs.values()))
     prepare_dir(args.out, first.to_toml(), None, seeds=args.seeds,
-                note="SOFT, update protocol, rho = 1/8, r = 8, embedded task, size quick; "
+                note=f"SOFT, update protocol, rho = 1/8, r = 8, embedded task, size {args.size}; "
                      "config.toml is the first cell, the others change error_feedback, "
                      "cov_correction and seed")
     write_table(runs, args.out / "runs.csv")

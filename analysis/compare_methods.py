@@ -256,12 +256,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="run cache (default runs/compare_methods_<size>)")
     ap.add_argument("--out", type=Path, default=None,
                     help="tables (default analysis/results/compare_methods_<size>)")
-    ap.add_argument("--doc", type=Path, default=DOC, help="generated markdown ('' for none)")
+    ap.add_argument("--doc", default=str(DOC), help="generated markdown ('' for none)")
     ap.add_argument("--table-only", action="store_true", help="tables from finished runs only")
     args = ap.parse_args(argv)
     store = args.store or ROOT / "runs" / f"compare_methods_{args.size}"
     out = args.out or ROOT / "analysis" / "results" / f"compare_methods_{args.size}"
-    doc = args.doc if str(args.doc) else None
+    doc = Path(args.doc) if args.doc else None  # (type=Path would read '' as '.')
     store.mkdir(parents=True, exist_ok=True)
     rows = plan(args.size, store, args.tiers, args.seeds, args.tasks)
     # the tables show every finished run of the size's grid, whatever subset this call trains

@@ -40,6 +40,9 @@ client, module, metrics), ``server.csv``, ``rounds.csv`` (the runs' own per-roun
 ``config.toml`` and ``metadata.json`` (seed, methods, commit).
 
     python analysis/compression_capture.py --rounds 30 --seed 0
+
+``--smoke`` (the test suite's check, seconds; give ``--out`` a temporary folder) shrinks the run
+to ``SMOKE``: 3 clients, 300 training and 100 test samples, 2 local steps of b = 16, 2 rounds.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ OUT = ROOT / "analysis" / "results" / "compression_capture"
 METHODS = ("soft", "tlora", "rlora")
 RHO = 0.125
 CF_TAG = 20250417  # tag of the counterfactual RLoRA generator (never used by a run)
+SMOKE = {"clients.num_clients": 3, "experiment.num_train": 300, "experiment.num_test": 100,
+         "training.local_steps": 2, "training.batch_size": 16, "training.rounds": 2}
 
 Tensor = torch.Tensor
 
@@ -238,10 +243,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a small run for the test suite: " + ", ".join(
+                        f"{k} = {v}" for k, v in SMOKE.items()) + " (overrides --rounds)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
+    if args.smoke:
+        args.rounds = SMOKE["training.rounds"]
     base = RunConfig().replace(**{"experiment.controller": "fixed", "experiment.rho": args.rho,
-                                  "experiment.seed": args.seed, "training.rounds": args.rounds})
+                                  "experiment.seed": args.seed, "training.rounds": args.rounds,
+                                  **(SMOKE if args.smoke else {})})
     t0 = time.perf_counter()
     caps, srvs, rws = [], [], []
     for method in args.methods:

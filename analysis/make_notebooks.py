@@ -3,8 +3,10 @@
 
 The notebooks call tsfa.experiments.runs only; they hold no logic. TSFA_NB_SMALL=1 makes them run at a
 small size (the test suite executes them so). Re-run after editing: python analysis/make_notebooks.py
+(``--out DIR`` writes them elsewhere than notebooks/, e.g. to compare with the committed ones).
 """
 
+import argparse
 from pathlib import Path
 
 import nbformat as nbf
@@ -78,8 +80,9 @@ NOTEBOOKS = {
 }
 
 
-def build() -> list[Path]:
-    HERE.mkdir(exist_ok=True)
+def build(out: Path = HERE) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, cells in NOTEBOOKS.items():
         nb = nbf.v4.new_notebook()
@@ -89,12 +92,15 @@ def build() -> list[Path]:
                     for kind, src in cells]
         for i, cell in enumerate(nb.cells):  # stable ids: regenerating gives no diff
             cell.id = f"cell-{i:02d}"
-        path = HERE / name
+        path = out / name
         nbf.write(nb, path)
         paths.append(path)
     return paths
 
 
 if __name__ == "__main__":
-    for p in build():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE,
+                    help="folder the notebooks are written to (default: notebooks/)")
+    for p in build(ap.parse_args().out):
         print(p)

@@ -32,7 +32,7 @@ from tsfa.config.spec import SystemSpec
 from tsfa.engines.local import train
 from tsfa.experiments import runs as an
 from tsfa.experiments.cache import cached_train
-from tsfa.experiments.pipeline import resolved_system
+from tsfa.experiments.plan import plan_run
 from tsfa.experiments.results import final_accuracy
 from tsfa.fl.data import FASHION_MNIST_DIR
 from tsfa.fl.device import set_threads
@@ -87,7 +87,8 @@ def rank_study(base, store, log, ranks, c3, cfg=None, eps_override=None, label="
     """SOFT + TSFA at each rank: final accuracy/loss, measured mean phi; predicted r* with the
     default constants and after fitting (a, c4, c5) of loss ~ a + J(r) with c3 fixed."""
     cfg = cfg or base.cfg
-    system, inst, _ = resolved_system(cfg)
+    plan = plan_run(cfg)
+    system, inst = plan.system, plan.inst
     table = an.rank_table_with_eps(system, inst, eps_override)
     tr, b = system.training, system.bound
     rows = []
@@ -215,7 +216,7 @@ def main(argv=None) -> None:
         fcfg = base.cfg.replace(**{"experiment.task": "fashion_mnist", "bound.eps_model":
                                    "power_law", "bound.spectrum": [],
                                    "control.latency_budget_s": []})
-        system, inst, _ = resolved_system(fcfg)
+        inst = plan_run(fcfg).inst
         fcfg = fcfg.replace(**{"control.latency_budget_s": [float(x) for x in inst.budget_s]})
         franks = conf["rank"]["fmnist_ranks"]
         eps = measured_eps(a.store, fcfg, max(franks), log)

@@ -102,7 +102,7 @@ def main_config():
     shipped calibration applied."""
     from tsfa.config.experiment import load_run_config
     from tsfa.experiments.horizon import default_calibration
-    from tsfa.experiments.pipeline import offline_stage
+    from tsfa.experiments.plan import plan_run
 
     cfg = load_run_config(None)
     cal = default_calibration(cfg)
@@ -110,14 +110,14 @@ def main_config():
         raise SystemExit("no shipped calibration for the embedded task's main job: run "
                          "`tsfa calibrate-weights --out tsfa/experiments/configs/"
                          "calibration_synthetic.toml`")
-    return offline_stage(cfg, calibration=cal), cal, offline_stage(cfg).cfg
+    return plan_run(cfg, calibration=cal, rank="auto"), cal, plan_run(cfg, rank="auto").cfg
 
 
 def spec_changes(stage, spec: dict) -> dict:
     """Dotted RunConfig changes of one spec of ``validate_rank.toml``: W_tot scaled, K, alpha
     and T set, and the budget frozen in seconds as each client's compute time plus
     ``slack_factor`` x the main job's mean uplink slack."""
-    from tsfa.experiments.pipeline import resolved_system
+    from tsfa.experiments.plan import plan_run
 
     cfg, s = stage.cfg, stage.cfg.system
     slack = float(np.mean(stage.inst.budget_s - stage.inst.compute_s))
@@ -130,9 +130,9 @@ def spec_changes(stage, spec: dict) -> dict:
             ch[k] == v for k, v in (("clients.num_clients", s.clients.num_clients),
                                     ("wireless.bandwidth_total_hz",
                                      s.wireless.bandwidth_total_hz))):
-        ch["control.latency_budget_s"] = list(s.control.latency_budget_s)
+        ch["control.latency_budget_s"] = list(stage.system.control.latency_budget_s)
         return ch
-    _, inst, _ = resolved_system(cfg.replace(**ch, **{"control.latency_budget_s": []}))
+    inst = plan_run(cfg.replace(**ch, **{"control.latency_budget_s": []})).inst
     ch["control.latency_budget_s"] = [float(c + float(spec.get("slack_factor", 1.0)) * slack)
                                       for c in inst.compute_s]
     return ch
@@ -142,12 +142,12 @@ def predictions(stage, cal, plain, ch: dict, candidates) -> dict:
     """r* of tsfa (calibrated), of the default constants, of 'largest rank that fits at rho = 1'
     and of 'always 8', over ``candidates``, on the spec ``ch``; and tsfa's J table."""
     from tsfa.control.offline import affordable_rho
-    from tsfa.experiments.pipeline import offline_stage
+    from tsfa.experiments.plan import plan_run
 
     cands = [int(r) for r in candidates]
     cfg = stage.cfg.replace(**ch, **{"lora.rank_candidates": cands})
-    ours = offline_stage(cfg, calibration=cal)
-    default = offline_stage(plain.replace(**ch, **{"lora.rank_candidates": cands}))
+    ours = plan_run(cfg, calibration=cal, rank="auto")
+    default = plan_run(plain.replace(**ch, **{"lora.rank_candidates": cands}), rank="auto")
     rho = affordable_rho(ours.system, ours.inst, np.asarray(cands))
     fits = [r for r, row in zip(cands, rho, strict=True) if np.min(row) >= 1.0]
     return {"tsfa": ours.rank, "default_weights": default.rank,

@@ -5,6 +5,8 @@ the same experiment (embedded task, SOFT + TSFA controller, seed 0) once on each
 checks that the per-round metrics agree, and prints both wall times and their ratio, end to end
 (Ray start-up, actor start-up and per-actor task build included) and per round (median of the
 rounds after the first, from the engines' own `wall_s`). Needs `pip install "tsfa[flower]"`.
+`--smoke` (the test suite's check) shrinks the run: 2 clients, 2 rounds, 300 training and 100
+test samples, 2 local steps of b = 16 (``SMOKE``); Ray's start-up still takes its ~20 s.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from tsfa.config.experiment import RunConfig
 from tsfa.engines.flower import train_flower
 from tsfa.engines.local import LocalEngine, train
 
+SMOKE = {"clients.num_clients": 2, "training.rounds": 2, "experiment.num_train": 300,
+         "experiment.num_test": 100, "training.local_steps": 2, "training.batch_size": 16}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,10 +33,16 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs given to Ray (1 per actor)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in the driver (the Ray actors run 1 each)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a small run for the test suite: " + ", ".join(
+                        f"{k} = {v}" for k, v in SMOKE.items()) + " (overrides --rounds, --clients)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = RunConfig().replace(**{"clients.num_clients": args.clients,
                                  "training.rounds": args.rounds})
+    if args.smoke:
+        cfg = cfg.replace(**SMOKE)
+        args.clients, args.rounds = SMOKE["clients.num_clients"], SMOKE["training.rounds"]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     LocalEngine(cfg, clients="sequential")  # warm imports and caches (neither engine pays them)
     t = time.perf_counter()

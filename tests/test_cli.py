@@ -144,3 +144,37 @@ def test_train_rank_auto_trains_at_r_star_and_resume_refuses_another_config(tmp_
 def test_bad_training_options_exit_2_naming_the_option(args, key):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and key in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_run_solves_r_star_once_and_freezes_the_budget_once(tmp_path, monkeypatch):
+    """Issue 20: per `tsfa run` the offline stage of the run's system is solved once (the plan)
+    and the relative budget rule is evaluated once; the result folders agree on r*."""
+    import tsfa.control.offline as offline
+    import tsfa.control.sensitivity as sensitivity
+    import tsfa.maths.instance as instance
+
+    solves, budgets = [], []
+    solve, automatic = offline.optimal_rank, instance.automatic_budget_s
+
+    def counting_solve(spec, *args, **kwargs):
+        solves.append(spec.to_toml())
+        return solve(spec, *args, **kwargs)
+
+    def counting_budget(*args, **kwargs):
+        budgets.append(1)
+        return automatic(*args, **kwargs)
+
+    monkeypatch.setattr(offline, "optimal_rank", counting_solve)
+    monkeypatch.setattr(sensitivity, "optimal_rank", counting_solve)
+    monkeypatch.setattr(instance, "automatic_budget_s", counting_budget)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(TINY_RUN)
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "out"), "--rounds", "1",
+                              "--control-rounds", "5", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    run_system = (tmp_path / "out" / "rank" / "config.toml").read_text()
+    assert solves.count(run_system) == 1, f"{solves.count(run_system)} solves of the run's system"
+    assert len(budgets) == 1
+    meta = json.loads((tmp_path / "out" / "train" / "metadata.json").read_text())
+    assert meta["r_star"] == _r_star(res.output) == _trained_rank(tmp_path / "out" / "train")

@@ -134,7 +134,8 @@ def test_runs_are_cached_and_keyed_by_config(figdir):
     for p in runs:
         cfg = load_run_config(p / "config.toml")
         assert config_hash(cfg) == p.name  # keyed by its config (and the controller revision)
-        text = (p / "config.toml").read_text()
+        text = "\n".join(ln for ln in (p / "config.toml").read_text().splitlines()
+                         if ln.strip() and not ln.startswith("#"))
         if cfg.experiment.controller != "tsfa":
             assert hashlib.sha256(text.encode()).hexdigest()[:12] == p.name
         assert (p / "rounds.csv").is_file()
@@ -148,3 +149,21 @@ def test_config_hash_ignores_ilora_controller():
     b = RunConfig().replace(**{"experiment.method": "ilora", "experiment.rho": 0.5})
     assert config_hash(a) == config_hash(b) == config_hash(canonical(a))
     assert config_hash(RunConfig()) != config_hash(a)
+
+
+def test_config_hash_ignores_comments_and_rehash_moves_old_keys(tmp_path):
+    """A key's help text is not part of the run's identity; a folder stored under an older key
+    is renamed to the current one (its config.toml decides)."""
+    from tsfa.config.experiment import RunConfig
+    from tsfa.experiments.cache import rehash_store
+
+    cfg = RunConfig().replace(**{"experiment.controller": "fixed"})
+    text = cfg.to_toml()
+    old = hashlib.sha256(text.encode()).hexdigest()[:12]  # the former key: with comments
+    assert old != config_hash(cfg)
+    (tmp_path / old).mkdir()
+    (tmp_path / old / "config.toml").write_text(text)
+    assert rehash_store(tmp_path) == [(old, config_hash(cfg))]
+    assert load_run_config(tmp_path / config_hash(cfg) / "config.toml") == cfg
+    assert config_hash(cfg) != config_hash(cfg.replace(**{"experiment.rho": 0.5}))
+

@@ -61,8 +61,8 @@ def _deferring(e, sent):
 
     def with_mask(queues, gains):
         d = decide(queues, gains)
-        return SimpleNamespace(rho=d.rho, bandwidth_hz=d.bandwidth_hz, status=d.status,
-                               sent=np.asarray(sent))
+        mask = np.asarray(sent)
+        return dataclasses.replace(d, sent=mask, planned_bits=np.where(mask, d.planned_bits, 0.0))
     e.server.policy = SimpleNamespace(decide=with_mask,
                                       update_queues=e.server.policy.update_queues)
 

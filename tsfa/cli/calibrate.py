@@ -29,6 +29,7 @@ def pilot_cmd(
 
     from tsfa.config.experiment import load_run_config
     from tsfa.experiments.pilot import PilotConfig, run_pilot, save_pilot
+    from tsfa.experiments.plan import resolve_system
     from tsfa.fl.lora import apply_lora
     from tsfa.fl.tasks import build_model, build_task
     from tsfa.maths.rng import substream
@@ -46,21 +47,12 @@ def pilot_cmd(
         gen = torch.Generator().manual_seed(int(substream(exp.seed, "training", 1).integers(2**62)))
         apply_lora(model, rank, exp.lora_alpha, generator=gen)
         result = run_pilot(model, task, pc)
-        path = save_pilot(result, out, system=_resolved_system(cfg, model, task))
+        path = save_pilot(result, out, system=resolve_system(cfg, task.vit,
+                                                             [len(p) for p in task.parts]))
     except (SpecError, OSError, ValueError) as exc:
         fail(str(exc))
     print_frame(result.checkpoints, f"Pilot at rank {rank} ({len(task.parts)} clients)")
     console.print(f"pilot folder {path}")
-
-
-def _resolved_system(cfg, model, task):
-    """The system of the model actually trained (LoRA sizes, head, FLOPs, data sizes), as the
-    federated run resolves it: the base that `tsfa calibrate` calibrates."""
-    try:
-        from tsfa.fl.server import resolve_system
-    except ImportError:  # before the server/client split of the federated loop
-        from tsfa.fl.loop import resolve_system
-    return resolve_system(cfg, model, [len(p) for p in task.parts])
 
 
 @app.command("calibrate")
@@ -138,14 +130,14 @@ def calibrate_weights_cmd(
     from tsfa.engines.local import train
     from tsfa.experiments.cache import lookup, run_many
     from tsfa.experiments.horizon import calibration_table, fit_calibration, write_calibration
-    from tsfa.experiments.pipeline import offline_stage
+    from tsfa.experiments.plan import plan_run
     from tsfa.experiments.weights import PilotPlan, pilot_configs, pilot_table
 
     plan = PilotPlan(_numbers(ranks, "--ranks", int), _numbers(rhos, "--rhos"), rho_rank,
                      _numbers(seeds, "--seeds", int), num_test)
     try:
         cfg = load_run_config(config)
-        stage = offline_stage(cfg)
+        stage = plan_run(cfg, rank="auto")
         plan.check(min(stage.system.lora.d_in, stage.system.lora.d_out))
     except (SpecError, ValueError) as exc:
         fail(str(exc))

@@ -40,7 +40,8 @@ def run_options(clients: str, device: str, precision: str, threads: int | None) 
 
 
 def _train(cfg, out: Path, resume: bool, options: dict, task=None):
-    """In-process training with a progress bar (rounds, ETA, accuracy)."""
+    """In-process training of a run config or an already made plan, with a progress bar
+    (rounds, ETA, accuracy)."""
     from tsfa.engines.local import train
     from tsfa.reporting.progress import progress_bar, round_note
 
@@ -53,12 +54,12 @@ def _offline(cfg, calibration: Path | None = None, default: bool = False):
     """Stage 1 with the calibration file ``calibration``, else (``default``) the shipped one of
     the embedded task when it was made for this run; one-line errors."""
     from tsfa.experiments.horizon import CalibrationError, default_calibration, read_calibration
-    from tsfa.experiments.pipeline import offline_stage
+    from tsfa.experiments.plan import plan_run
 
     try:
         cal = (read_calibration(calibration) if calibration is not None
                else default_calibration(cfg) if default else None)
-        stage = offline_stage(cfg, calibration=cal)
+        stage = plan_run(cfg, calibration=cal, rank="auto")
     except (CalibrationError, ValueError) as exc:
         fail(str(exc))
     for line in stage.warnings:
@@ -153,12 +154,12 @@ def train_cmd(
         fail("--resume: not supported with --engine flower (error-feedback memories live on "
              "the clients)")
     options = run_options(clients, device, precision, threads)
-    task = None
     if calibration is not None and rank_arg != "auto":
         fail("--calibration: only with --rank auto (it sets the offline objective's weights)")
+    run = cfg
     if rank_arg == "auto":
-        stage = _offline(cfg, calibration, default=True)
-        cfg, task = stage.cfg, stage.task
+        stage = run = _offline(cfg, calibration, default=True)
+        cfg = stage.cfg
         if not print_config:
             _print_offline(stage, "Offline stage on the trained model's system: J(r)")
     if print_config:
@@ -172,7 +173,7 @@ def train_cmd(
                 fail(f"--engine flower needs the extra: pip install 'tsfa[flower]' ({exc})")
             result = train_flower(cfg, out=out)
         else:
-            result = _train(cfg, out, resume, options, task)
+            result = _train(run, out, resume, options)
     except (OSError, ValueError) as exc:
         fail(str(exc))
     cols = ["round", "accuracy", "test_loss", "mean_rho", "mean_latency_s", "mean_queue_s",
@@ -221,8 +222,9 @@ def run_cmd(
     The paper-scale answer (ViT-Base q,v) is `tsfa rank` on the default spec.
     """
     from tsfa.config.experiment import load_run_config
+    from tsfa.control.sensitivity import rank_sensitivity
     from tsfa.experiments.results import final_accuracy, prepare_dir, write_table
-    from tsfa.reporting.report import control_report, rank_report
+    from tsfa.reporting.report import control_report
 
     try:
         cfg = load_run_config(config)
@@ -234,26 +236,25 @@ def run_cmd(
     exp = cfg.experiment
     console.print(f"[bold]1/3 offline stage[/bold] on the trained model's system ({exp.task} "
                   f"task, {cfg.system.clients.num_clients} clients)")
-    stage = _offline(cfg, calibration, default=True)
-    rep = rank_report(stage.system)
+    stage = _offline(cfg, calibration, default=True)  # the run's plan: r* solved once
     path = prepare_dir(out / "rank", stage.system.to_toml(), stage.system.clients.seed,
                        r_star=stage.rank)
     write_table(stage.table, path / "rank_table.csv")
-    write_table(rep["sensitivity"], path / "sensitivity.csv")
+    write_table(rank_sensitivity(stage.system, r_star=stage.r_star), path / "sensitivity.csv")
     _print_offline(stage, "J(r) of the trained model's system")
     console.print("(paper-scale ViT-Base answer on the default spec: `tsfa rank`)")
 
     console.print(f"[bold]2/3 online stage[/bold]: controller at r* = {stage.rank} over "
                   f"{control_rounds} rounds")
     ctl = control_report(stage.system, control_rounds, rank=stage.rank,
-                         horizon=stage.cfg.system.training.rounds)
+                         horizon=stage.cfg.system.training.rounds, fading_seed=stage.seed)
     write_control(out / "control", stage.system, ctl, rounds=control_rounds)
     print_frame(ctl["summary"][["client", "latency_ratio", "mean_rho", "mean_bandwidth_share"]],
                 "time-averaged latency / budget per client")
 
     console.print(f"[bold]3/3 federated SOFT fine-tuning[/bold] under TSFA at r* = {stage.rank}")
     try:
-        result = _train(stage.cfg, out / "train", resume, options, stage.task)
+        result = _train(stage, out / "train", resume, options)
     except (OSError, ValueError) as exc:
         fail(str(exc))
     console.print(f"final accuracy {final_accuracy(result.rounds):.3f} (mean of the last rounds) "

@@ -46,9 +46,9 @@ class Decision:
     objective: float
     latency_s: np.ndarray
     status: str
-    result: SolveResult | None = None
-    sent: np.ndarray | None = None
-    planned_bits: np.ndarray | None = None
+    result: SolveResult | None
+    sent: np.ndarray
+    planned_bits: np.ndarray
 
 
 def wire_latency_s(prob: P2Problem, bits, bandwidth_hz) -> np.ndarray:

@@ -54,13 +54,14 @@ def _round_out(x: float, up: bool, digits: int = 4) -> float:
 class _Evaluator:
     """J(r) of the spec with one parameter moved, the realised budgets held fixed."""
 
-    def __init__(self, spec: SystemSpec):
+    def __init__(self, spec: SystemSpec, r_star: int | None = None):
         self.spec = spec
         self.inst = realize(spec)
         self.ranks = np.asarray(spec.lora.rank_candidates, int)
         self.rate = planning_rate_bps(spec, self.inst)
         self.base_terms = client_terms(spec, self.inst, self.ranks, self.rate)
-        self.r0 = self.rank_of(optimal_rank(spec, self.inst, self.base_terms))
+        self.r0 = (r_star if r_star is not None
+                   else self.rank_of(optimal_rank(spec, self.inst, self.base_terms)))
 
     @staticmethod
     def rank_of(res):
@@ -177,15 +178,17 @@ def _threshold(ev: _Evaluator, key: str, how: str, direction: float, limit: floa
 
 
 def rank_sensitivity(spec: SystemSpec, max_log_factor: float = math.log(1e3),
-                     max_shift_db: float = 60.0, tol: float = 3e-5, scan: int = 5) -> pd.DataFrame:
-    """Smallest move of each parameter (and direction) that changes r* (module docstring).
+                     max_shift_db: float = 60.0, tol: float = 3e-5, scan: int = 5,
+                     r_star: int | None = None) -> pd.DataFrame:
+    """Smallest move of each parameter (and direction) that changes r* (module docstring);
+    ``r_star``: the spec's r* when already solved (a run's plan), else solved here.
 
     Columns: parameter, direction, move (factor; dB for power), new_value (budgets: the mean),
     rank (r*), new_rank (r* after the printed move). ``nan`` when r* does not change within
     1000x (or 60 dB) or before the move leaves the allowed range. ``tol``: precision of the
     threshold on the log factor (or in dB) before the outward rounding.
     """
-    ev = _Evaluator(spec)
+    ev = _Evaluator(spec, r_star)
     r0 = ev.r0
     rows = []
     for key, how in SENSITIVITY_KEYS if r0 is not None else ():  # nothing to move if infeasible

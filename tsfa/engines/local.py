@@ -20,6 +20,7 @@ import torch
 
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.output import RunOutput, RunResult
+from tsfa.experiments.plan import RunPlan, plan_run
 from tsfa.experiments.results import check_same_config
 from tsfa.fl.build import client_data
 from tsfa.fl.client import Client, ClientState, GlobalModel
@@ -64,13 +65,14 @@ class LocalEngine:
     """Server and clients of ``cfg`` in this process, on ``device`` ("auto", "cpu", "cuda",
     "mps" or a torch.device), with local training at ``precision`` ("fp32" or "bf16")."""
 
-    def __init__(self, cfg: RunConfig, clients: str = "batched",
+    def __init__(self, cfg: RunConfig | RunPlan, clients: str = "batched",
                  device: torch.device | str = "cpu", precision: str = "fp32",
                  task: Task | None = None):
-        self.cfg = cfg
+        self.plan = cfg if isinstance(cfg, RunPlan) else plan_run(cfg, task)
+        cfg = self.cfg = self.plan.cfg
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.server = build_server(cfg, task, self.device)
-        task, model = self.server.task, self.server.model
+        self.server = build_server(self.plan, self.device)
+        task, model = self.plan.task, self.server.model
         self.clients = [Client.from_config(cfg, k, client_data(task, k, self.device), model,
                                            precision)
                         for k in range(self.server.num_clients)]
@@ -106,7 +108,7 @@ class LocalEngine:
         if resume and ckpt is not None and ckpt.is_file():
             check_same_config(output.out, self.cfg.to_toml())
             server, clients = load_checkpoint(ckpt, self.device)
-        output.start(self.cfg, self.server, resume_round=server.round, **self.options)
+        output.start(self.plan, resume_round=server.round, **self.options)
         total = self.cfg.system.training.rounds
         total = total if stop_after is None else min(stop_after, total)
         while server.round < total:
@@ -119,12 +121,13 @@ class LocalEngine:
         return output.result(self.server.system)
 
 
-def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
+def train(cfg: RunConfig | RunPlan, out: str | Path | None = None, resume: bool = False,
           stop_after: int | None = None, *, clients: str = "batched",
           device: torch.device | str = "cpu", precision: str = "fp32", task: Task | None = None,
           on_round: Callable[[int, dict], None] | None = None) -> RunResult:
     """Build and run one federated fine-tuning experiment in this process (see
-    :class:`LocalEngine`); ``task``: an already built task of ``cfg`` (saves rebuilding it)."""
+    :class:`LocalEngine`): ``cfg`` a run config (planned here, :func:`plan_run`) or an already
+    made :class:`RunPlan`; ``task``: an already built task of ``cfg`` (saves rebuilding it)."""
     engine = LocalEngine(cfg, clients, device, precision, task)
     return engine.run(out, resume=resume, stop_after=stop_after, on_round=on_round)
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tsfa.config.experiment import RunConfig
 from tsfa.config.spec import SystemSpec
-from tsfa.control.offline import optimal_rank
+from tsfa.experiments.plan import RunPlan
 from tsfa.experiments.results import RoundTables, prepare_dir, write_table
 from tsfa.fl.partition import class_histograms
-from tsfa.fl.server import RoundRecord, Server
+from tsfa.fl.server import RoundRecord
 
 
 @dataclass(frozen=True)
@@ -31,11 +30,9 @@ class OfflineChoice:
     table: pd.DataFrame
 
 
-def offline_choice(server: Server) -> OfflineChoice:
-    """r* and J(r) of ``server.system`` (the resolved system of the model it trains)."""
-    res = optimal_rank(server.system, server.inst)
-    return OfflineChoice(int(res.solution["rank"]) if res.ok else None, res.status,
-                         res.solution["table"])
+def offline_choice(plan: RunPlan) -> OfflineChoice:
+    """r* and J(r) of the run's plan (solved once, by :func:`tsfa.experiments.plan.plan_run`)."""
+    return OfflineChoice(plan.r_star, plan.status, plan.table)
 
 
 @dataclass(frozen=True)
@@ -58,14 +55,15 @@ class RunOutput:
         self.tables = RoundTables(self.out)
         self.offline: OfflineChoice | None = None
 
-    def start(self, cfg: RunConfig, server: Server, resume_round: int = 0, **extra) -> None:
-        """A fresh folder (config, metadata, partition, J(r) table); for ``resume_round`` > 0
-        the folder is kept and rows of rounds >= ``resume_round`` are dropped from its tables."""
-        self.offline = offline_choice(server)
+    def start(self, plan: RunPlan, resume_round: int = 0, **extra) -> None:
+        """A fresh folder (config, metadata, partition, J(r) table) for the run ``plan``; for
+        ``resume_round`` > 0 the folder is kept and rows of rounds >= ``resume_round`` are
+        dropped from its tables."""
+        self.offline = offline_choice(plan)
+        cfg, task = plan.cfg, plan.task
         if self.out is not None and resume_round == 0:
-            task = server.task
             prepare_dir(self.out, cfg.to_toml(), cfg.experiment.seed,
-                        resolved_system=server.system.to_dict(), task_note=task.note,
+                        resolved_system=plan.system.to_dict(), task_note=task.note,
                         rank=cfg.experiment.rank, r_star=self.offline.rank,
                         offline_status=self.offline.status, **extra)
             write_table(class_histograms(task.train.labels, task.parts,

@@ -47,9 +47,11 @@ CONTROLLER_REVISION = 2
 
 
 def config_hash(cfg: RunConfig, precision: str = "fp32") -> str:
-    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML (+ "-bf16");
-    controller runs add :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
-    text = canonical(cfg).to_toml()
+    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML without its
+    comments and blank lines (+ "-bf16"), so that editing a key's help text keeps every cached
+    run; controller runs add :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
+    text = "\n".join(ln for ln in canonical(cfg).to_toml().splitlines()
+                     if ln.strip() and not ln.lstrip().startswith("#"))
     if cfg.experiment.controller == "tsfa" and cfg.experiment.method != "ilora":
         text += f"\n# controller revision {CONTROLLER_REVISION}\n"
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -139,4 +141,23 @@ def run_many(cfgs: list[RunConfig], store: str | Path, train, jobs: int = 1, log
     return [cached_train(c, store, train, log, **options) for c in cfgs]
 
 
-__all__ = ["canonical", "config_hash", "CachedRun", "cached_train", "lookup", "run_many"]
+def rehash_store(store: str | Path) -> list[tuple[str, str]]:
+    """Rename every run folder of ``store`` to the key of its own ``config.toml`` under the
+    current :func:`config_hash` (a store written under an earlier key keeps its runs); a folder
+    whose key is taken already is left as it is. Returns the ``(old, new)`` names renamed."""
+    from tsfa.config.experiment import load_run_config
+
+    moved = []
+    for path in sorted(Path(store).iterdir()):
+        if not (path / "config.toml").is_file():
+            continue
+        precision = path.name.partition("-")[2] or "fp32"
+        new = config_hash(load_run_config(path / "config.toml"), precision)
+        if new != path.name and not (path.parent / new).exists():
+            path.rename(path.parent / new)
+            moved.append((path.name, new))
+    return moved
+
+
+__all__ = ["canonical", "config_hash", "CachedRun", "cached_train", "lookup", "run_many",
+           "rehash_store", "CONTROLLER_REVISION"]

@@ -73,16 +73,16 @@ class BaseRun:
 
 def base_run(size: str = "quick", root: Path | None = None) -> BaseRun:
     """Base run config of ``base.toml`` at ``size``: the offline stage on its resolved system
-    (budget frozen in seconds, rank r*; :func:`tsfa.experiments.pipeline.offline_stage`)."""
+    (budget frozen in seconds, rank r*; :func:`tsfa.experiments.plan.plan_run`)."""
     from tsfa.config.experiment import RunConfig
-    from tsfa.experiments.pipeline import offline_stage
+    from tsfa.experiments.plan import plan_run
 
     conf = analysis_config("base", size, root)
     changes = dict(conf.get("run", {}))
     if conf.get("bound", {}).get("synthetic_spectrum", True):
         changes |= {"bound.eps_model": "given", "bound.spectrum": synthetic_spectrum()}
     try:
-        stage = offline_stage(RunConfig().replace(**changes))
+        stage = plan_run(RunConfig().replace(**changes), rank="auto")
     except ValueError as exc:
         raise ValueError(f"base run ({size}): {exc}") from exc
     return BaseRun(stage.cfg, stage.rank, stage.system, stage.table, stage.inst.compute_s,

@@ -1,6 +1,8 @@
 """The federated server (docs/model.md §4-§6): channel -> policy -> (clients) -> latency from the real
 payloads -> virtual queues -> separate aggregation -> evaluation.
 
+The server takes the run's plan (:class:`tsfa.experiments.plan.RunPlan`: config, task, resolved
+system and its realisation, payload model), decided once before round 0; it resolves nothing.
 The server's state between rounds is :class:`ServerState` (round, global factors and head,
 virtual queues Q_k [s]); each round it plans (:meth:`Server.plan` -> :class:`RoundPlan`: fading
 draw and the policy's rho_k, w_k and send decision per client), then folds the clients'
@@ -24,43 +26,19 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from tsfa.config.experiment import RunConfig
-from tsfa.config.spec import SystemSpec
 from tsfa.control.from_spec import make_policy
 from tsfa.control.lyapunov import start_queues
 from tsfa.fl import metrics as mx
 from tsfa.fl.aggregate import aggregate, fedavg
-from tsfa.fl.build import Data, lora_model, run_task, test_data
+from tsfa.fl.build import Data, lora_model, test_data
 from tsfa.fl.client import ClientTask, ClientUpdate, GlobalModel
 from tsfa.fl.compress import compressor_for, decode_head
 from tsfa.fl.lora import get_factors, get_head_state, set_factors, set_head_state
 from tsfa.fl.partition import client_weights
-from tsfa.fl.tasks import Task
 from tsfa.fl.vit import ViT
-from tsfa.fl.vit_config import flops_per_sample
 from tsfa.maths import wireless as wl
-from tsfa.maths.instance import realize
-from tsfa.maths.payload import PayloadModel
 
 
-def resolve_system(cfg: RunConfig, model: ViT, data_sizes) -> SystemSpec:
-    """The system spec of the model actually trained: LoRA modules, head size, FLOPs per sample
-    and data sizes come from the model and the partition (see :mod:`tsfa.config.experiment`)."""
-    vit, r = model.cfg, cfg.experiment.rank
-    head = vit.dim * vit.num_classes + vit.num_classes
-    ranks = [c for c in cfg.system.lora.rank_candidates if c <= vit.dim] or [r]
-    return cfg.system.replace(**{
-        "lora.n_modules": 2 * vit.depth, "lora.d_in": vit.dim, "lora.d_out": vit.dim,
-        "lora.head_params": head, "lora.rank_candidates": ranks,
-        "lora.lora_alpha": cfg.experiment.lora_alpha,
-        "compute.flops_per_sample": flops_per_sample(vit),
-        "clients.data_sizes": [int(s) for s in data_sizes],
-        "control.budget_reference_rank": r,
-        "bound.spectrum_dim": max(vit.dim, max(ranks)),
-    })
-
-
-@torch.no_grad()
 def evaluate(model: ViT, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
     """Test accuracy and mean cross-entropy of the global model."""
     model.eval()
@@ -112,21 +90,20 @@ class RoundRecord:
 
 
 class Server:
-    """Policy, aggregation, evaluation and queues of one run, built from its config, the task
-    (partition sizes give p_k; the test set) and the model (evaluated in place)."""
+    """Policy, aggregation, evaluation and queues of one run, built from its ``plan``
+    (:class:`tsfa.experiments.plan.RunPlan`), the model (evaluated in place) and the test set."""
 
-    def __init__(self, cfg: RunConfig, task: Task, model: ViT, test: Data):
-        self.cfg, self.task, self.model, self.test = cfg, task, model, test
-        exp = cfg.experiment
-        self.weights = client_weights(task.parts)
-        self.system = resolve_system(cfg, model, [len(p) for p in task.parts])
-        self.inst = realize(self.system)
+    def __init__(self, plan, model: ViT, test: Data):
+        self.run_plan, self.model, self.test = plan, model, test
+        self.cfg, self.task, self.system, self.inst = plan.cfg, plan.task, plan.system, plan.inst
+        self.payload = plan.payload
+        exp = self.cfg.experiment
+        self.weights = client_weights(self.task.parts)
         ideal = exp.method == "ilora"  # docs/model.md §6: rho = 1, no latency constraint
-        self.payload = PayloadModel.from_spec(self.system, exp.method, exp.rank, exp.equal_bits)
         self.policy = make_policy(self.system, self.inst, exp.rank,
                                   "fixed" if ideal else exp.controller, exp.solver,
                                   1.0 if ideal else exp.rho, payload=self.payload)
-        self.options = compressor_for(exp, self.system.lora).options
+        self.options = compressor_for(exp, self.system.lora).options  # protocol, fill
 
     @property
     def num_clients(self) -> int:
@@ -143,15 +120,10 @@ class Server:
         t, k = state.round, self.num_clients
         gains = self.inst.mean_gamma_hz * wl.fading_gains(self.cfg.experiment.seed, t, k)
         decision = self.policy.decide(state.queues, gains)
-        sent = getattr(decision, "sent", None)
-        sent = np.ones(k, bool) if sent is None else np.asarray(sent, bool)
-        rho = np.clip(np.nan_to_num(decision.rho, nan=1.0), 1.0 / self.cfg.experiment.rank, 1.0)
-        rho = np.where(sent, rho, 0.0)  # a deferred client sends nothing
-        planned = getattr(decision, "planned_bits", None)
-        planned = (np.where(sent, self.payload.bits(rho), 0) if planned is None
-                   else np.asarray(planned))
+        sent = np.asarray(decision.sent, bool)  # a failed decision sends nothing
+        rho = np.where(sent, decision.rho, 0.0)  # the policy's ratios, within [1/r, 1]
         return RoundPlan(t, gains, rho, np.asarray(decision.bandwidth_hz, dtype=float), sent,
-                         planned.astype(float), decision.status)
+                         np.asarray(decision.planned_bits, dtype=float), decision.status)
 
     def aggregate(self, glob: GlobalModel, updates: list[ClientUpdate]) -> GlobalModel:
         """New global factors (separate aggregation of the senders) and head (their FedAvg)."""
@@ -218,12 +190,11 @@ class Server:
                                    fill=opt.fill)
 
 
-def build_server(cfg: RunConfig, task: Task | None = None,
-                 device: torch.device | str = "cpu") -> Server:
-    """The server of ``cfg`` on ``device``: its task (built unless given), model and test set."""
-    task = run_task(cfg) if task is None else task
-    return Server(cfg, task, lora_model(cfg, task, device), test_data(task, device))
+def build_server(plan, device: torch.device | str = "cpu") -> Server:
+    """The server of ``plan`` (:class:`tsfa.experiments.plan.RunPlan`) on ``device``: its
+    LoRA model and test set."""
+    return Server(plan, lora_model(plan.cfg, plan.task, device), test_data(plan.task, device))
 
 
-__all__ = ["resolve_system", "evaluate", "ServerState", "RoundPlan", "RoundRecord", "Server",
+__all__ = ["evaluate", "ServerState", "RoundPlan", "RoundRecord", "Server",
            "build_server"]

@@ -114,10 +114,11 @@ def check_rank(spec: SystemSpec, rank, option: str = "--rank") -> int:
 def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver: str = "joint",
                    rank: int | None = None, policy: str = "tsfa", rho: float = 1.0,
                    sinks=(), keep_rounds: bool | None = None, setup: dict | None = None,
-                   horizon: int | None = None) -> dict:
+                   horizon: int | None = None, fading_seed: int | None = None) -> dict:
     """Simulate the online stage for ``rounds`` rounds of block Rayleigh fading (docs/model.md §4).
 
-    Fading: :func:`tsfa.maths.wireless.fading_gains` with ``clients.seed`` (the trainer's draw).
+    Fading: :func:`tsfa.maths.wireless.fading_gains` with ``fading_seed`` (a run's
+    ``experiment.seed``, the trainer's draw; default ``clients.seed``).
     Each round goes to every callable of ``sinks`` as it is made (the streaming writers of
     :mod:`tsfa.reporting.control_record`); the per-client summary is kept in O(K) memory. The
     per-round table ``rounds`` is returned only with ``keep_rounds`` (default: when K x rounds is
@@ -137,9 +138,9 @@ def control_report(spec: SystemSpec, rounds: int, V: float | None = None, solver
     keep = (pol.n_clients * rounds <= 1_000_000) if keep_rounds is None else keep_rounds
     acc = RunningSummary(pol)
     sinks = [acc.add, *sinks] + ([table := RoundsTable(pol.n_clients)] if keep else [])
-    q0 = start_queues(pol, spec, inst.mean_gamma_hz, rounds if horizon is None else horizon,
-                      spec.clients.seed)
-    for rec in run_rounds(pol, inst.mean_gamma_hz, rounds, spec.clients.seed, q0):
+    seed = spec.clients.seed if fading_seed is None else int(fading_seed)
+    q0 = start_queues(pol, spec, inst.mean_gamma_hz, rounds if horizon is None else horizon, seed)
+    for rec in run_rounds(pol, inst.mean_gamma_hz, rounds, seed, q0):
         for sink in sinks:
             sink(rec)
     out = {k: v for k, v in setup.items() if k not in ("policy", "inst")}

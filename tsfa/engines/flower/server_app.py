@@ -32,6 +32,7 @@ from tsfa.config.experiment import RunConfig
 from tsfa.engines.flower.records import model_to_record, record_to_upload
 from tsfa.engines.flower.settings import out_from_flower, run_config_from_flower
 from tsfa.engines.output import RunOutput, RunResult
+from tsfa.experiments.plan import plan_run
 from tsfa.fl.client import ClientUpdate
 from tsfa.fl.compress import head_bits, payload_bits
 from tsfa.fl.server import Server, build_server
@@ -142,9 +143,10 @@ class TSFAStrategy(Strategy):
 def run_server(grid: Grid, cfg: RunConfig, out: str | Path | None = None,
                timeout_s: float = 3600.0) -> RunResult:
     """All ``training.rounds`` rounds of ``cfg`` over ``grid``; results written to ``out``."""
-    server = build_server(cfg)
+    plan = plan_run(cfg)
+    server = build_server(plan)
     output = RunOutput(Path(out).resolve() if out else None)
-    output.start(cfg, server, engine="flower")
+    output.start(plan, engine="flower")
     strategy = TSFAStrategy(server, output)
     strategy.start(grid, strategy.initial_arrays(), num_rounds=cfg.system.training.rounds,
                    timeout=timeout_s)

@@ -27,7 +27,8 @@ __version__ = "0.2.0"
 __getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
     "tsfa.maths.bound": ("PHI_VARIANTS", "bound_terms", "eps_from_spectrum", "phi", "term_table"),
     "tsfa.maths.covariance": ("covariance_frobenius", "factor_covariance"),
-    "tsfa.control.offline": ("optimal_rank", "rank_sensitivity", "rank_table", "relaxed_rank"),
+    "tsfa.control.offline": ("optimal_rank", "rank_table", "relaxed_rank"),
+    "tsfa.control.sensitivity": ("rank_sensitivity",),
     "tsfa.config.spec": ("SpecError", "SystemSpec", "load_spec"),
     "tsfa.maths.instance": ("SystemInstance", "realize"),
 })

@@ -25,5 +25,7 @@ __getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
     ".partition": ("class_histograms", "client_weights", "dirichlet_partition"),
     ".synthetic": ("SyntheticConfig", "SyntheticTask", "make_synthetic_task", "pretrain_backbone",
                    "rank_floor", "oracle_accuracy"),
-    ".vit": ("ViT", "ViTConfig", "flops_per_sample", "load_pretrained", "hf_to_tsfa_key"),
+    ".vit": ("ViT",),
+    ".vit_config": ("ViTConfig", "flops_per_sample"),
+    ".checkpoints": ("load_pretrained", "hf_to_tsfa_key"),
 })

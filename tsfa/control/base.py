@@ -22,7 +22,7 @@ import numpy as np
 
 from tsfa.maths.bound import phi as phi_fn
 from tsfa.maths.payload import kept_components
-from tsfa.maths.wireless import rate_bps
+from tsfa.maths.wireless import upload_time_s
 from tsfa.optim import P2Constants, P2Problem, SolveResult
 
 CONSTRAINTS = ("per_client", "max")
@@ -57,10 +57,7 @@ def wire_latency_s(prob: P2Problem, bits, bandwidth_hz) -> np.ndarray:
     that sends nothing. P2 plans with the affine relaxation ``S = a rho + h``; the wire carries
     ``n = max(1, ceil(rho r))`` whole components (:func:`tsfa.maths.payload.kept_components`),
     so this is the latency the federated server measures and feeds to the queues."""
-    bits = np.asarray(bits, float)
-    rate = rate_bps(bandwidth_hz, prob.gamma_hz)
-    up = np.divide(bits, rate, out=np.zeros_like(bits), where=(bits > 0) & (rate > 0))
-    return prob.compute_s + up
+    return prob.compute_s + upload_time_s(bits, bandwidth_hz, prob.gamma_hz)
 
 
 def update_queues(queues, latency_s, budget_s) -> np.ndarray:

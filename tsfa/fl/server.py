@@ -32,7 +32,7 @@ from tsfa.fl import metrics as mx
 from tsfa.fl.aggregate import aggregate, fedavg
 from tsfa.fl.build import Data, lora_model, test_data
 from tsfa.fl.client import ClientTask, ClientUpdate, GlobalModel
-from tsfa.fl.compress import compressor_for, decode_head
+from tsfa.fl.compress import decode_head
 from tsfa.fl.lora import get_factors, get_head_state, set_factors, set_head_state
 from tsfa.fl.partition import client_weights
 from tsfa.fl.vit import ViT
@@ -103,7 +103,6 @@ class Server:
         self.policy = make_policy(self.system, self.inst, exp.rank,
                                   "fixed" if ideal else exp.controller, exp.solver,
                                   1.0 if ideal else exp.rho, payload=self.payload)
-        self.options = compressor_for(exp, self.system.lora).options  # protocol, fill
 
     @property
     def num_clients(self) -> int:
@@ -127,16 +126,16 @@ class Server:
 
     def aggregate(self, glob: GlobalModel, updates: list[ClientUpdate]) -> GlobalModel:
         """New global factors (separate aggregation of the senders) and head (their FedAvg)."""
-        exp, opt = self.cfg.experiment, self.options
+        exp = self.cfg.experiment
         senders = [u for u in updates if u.sent]
         if not senders:
             return glob
         p = self.weights[[u.client for u in senders]]
-        if opt.protocol == "factor":
+        if exp.upload == "factor":
             p = p / p.sum()
         factors = aggregate(glob.factors, [u.upload for u in senders], p,
                             normalise=self.system.soft.aggregation == "normalised",
-                            protocol=opt.protocol, fill=opt.fill, correction=exp.cov_correction,
+                            protocol=exp.upload, fill=exp.factor_fill, correction=exp.cov_correction,
                             ridge=exp.cov_ridge)
         dtype = next(iter(glob.head.values())).dtype
         head = fedavg([decode_head(u.head, dtype) for u in senders], p)
@@ -150,9 +149,7 @@ class Server:
             raise ValueError(f"round {plan.round}: updates from clients "
                              f"{[u.client for u in updates]}, expected 0..{self.num_clients - 1}")
         bits = np.asarray([u.bits for u in updates], dtype=float)
-        rate = wl.rate_bps(plan.bandwidth_hz, plan.gains_hz)
-        upload_s = np.divide(bits, rate, out=np.zeros_like(bits), where=bits > 0)
-        latency = self.inst.compute_s + upload_s
+        latency = self.inst.compute_s + wl.upload_time_s(bits, plan.bandwidth_hz, plan.gains_hz)
         queues = self.policy.update_queues(state.queues, latency)
         cov = self.covariance(state.model, updates)
         glob = self.aggregate(state.model, updates)
@@ -183,11 +180,10 @@ class Server:
         renormalised over the senders (docs/model.md §2)."""
         senders = [u for u in updates if u.sent]
         p = self.weights[[u.client for u in senders]]
-        opt = self.options
+        exp = self.cfg.experiment
         return mx.covariance_split([(b.cpu(), a.cpu()) for b, a in glob.factors],
                                    [u.upload for u in senders], p / p.sum() if senders else p,
-                                   self.cfg.experiment.cov_ridge, protocol=opt.protocol,
-                                   fill=opt.fill)
+                                   exp.cov_ridge, protocol=exp.upload, fill=exp.factor_fill)
 
 
 def build_server(plan, device: torch.device | str = "cpu") -> Server:

@@ -77,6 +77,15 @@ def snr_bandwidth_hz(tx_power_w: ArrayLike, channel_gain: ArrayLike, noise_psd_w
 
 
 # --------------------------------------------------------------------------- rate
+def upload_time_s(bits: ArrayLike, bandwidth_hz: ArrayLike, gamma_hz: ArrayLike) -> np.ndarray:
+    """Upload time ``S / R(w, gamma)`` [s] of ``bits`` on bandwidth ``w`` (docs/model.md §1);
+    0 where nothing is sent (``bits = 0`` or ``w = 0``). The one formula behind the latency the
+    controller plans for the wire and the latency the federated server measures."""
+    s = np.asarray(bits, dtype=float)
+    rate = np.broadcast_to(rate_bps(bandwidth_hz, gamma_hz), s.shape)
+    return np.divide(s, rate, out=np.zeros(s.shape), where=(s > 0) & (rate > 0))
+
+
 def rate_bps(bandwidth_hz: ArrayLike, gamma_hz: ArrayLike) -> np.ndarray:
     """Shannon rate on FDMA bandwidth ``w``: ``R(w) = w log2(1 + gamma / w)`` [bit/s] (docs/model.md §1).
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from tsfa.maths.bound import PHI_VARIANTS, phi, phi_derivative
-from tsfa.maths.wireless import rate_bps, rate_derivative
+from tsfa.maths.wireless import rate_bps, rate_derivative, upload_time_s
 
 
 def _vec(name: str, x, k: int | None) -> np.ndarray:
@@ -195,10 +195,10 @@ class P2Problem(P2Constants, _ClientArrays):
     def latency_s(self, rho, bandwidth_hz) -> np.ndarray:
         """Per-client round latency ``T_k = c_k + (a rho_k + h) / R(w_k, gamma_k)`` [s], (K,);
         ``c_k`` for a deferred client."""
-        rate = rate_bps(bandwidth_hz, self.gamma_hz)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            up = (self.slope_bits * np.asarray(rho) + self.head_bits) / rate
-        return self.compute_s + np.where(self.sent(bandwidth_hz), up, 0.0)
+        bits = self.slope_bits * np.asarray(rho, float) + self.head_bits
+        up = upload_time_s(np.where(self.sent(bandwidth_hz), bits, 0.0), bandwidth_hz,
+                           self.gamma_hz)
+        return self.compute_s + up
 
     def penalty(self, rho, bandwidth_hz) -> np.ndarray:
         """Per-client penalty ``p_k v_k phi(rho_k)`` (``phi(defer_rho)`` if deferred), (K,)."""

@@ -51,7 +51,7 @@ def test_long_run_meets_latency_budgets(system):
 def test_v_sweep_penalty_down_queue_up(system):
     """Same fading draws for every V: penalty non-increasing, mean queue non-decreasing in V."""
     pens, queues = [], []
-    for v in (0.1, 1.0, 10.0, 100.0):
+    for v in (1.0, 3.0, 10.0, 100.0):  # above the degenerate V < 0.3 (docs/model.md §4)
         ctrl = LyapunovController(**system["policy_kwargs"], V=v)
         res = simulate(ctrl, system["mean_gamma_hz"], 600, np.random.default_rng(9))
         pens.append(res.average_penalty)

@@ -17,11 +17,13 @@ FLOORS = ["tsfa.cli", "tsfa.engines", "tsfa.reporting", "tsfa.experiments", "tsf
           "tsfa.control", "tsfa.optim", "tsfa.maths", "tsfa.config"]
 
 
-def _lint(*args) -> subprocess.CompletedProcess:
-    exe = shutil.which("lint-imports")
-    if exe is None:
-        pytest.fail("lint-imports not found: install the test extra (pip install -e '.[test]')")
-    return subprocess.run([exe, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+#: import-linter's ``lint-imports`` command, run by this interpreter (no reliance on PATH).
+LINT = [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"]
+
+
+def _lint(cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    pytest.importorskip("importlinter", reason="install the test extra: pip install -e '.[test]'")
+    return subprocess.run(LINT, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_contract_states_the_documented_floors():
@@ -50,8 +52,6 @@ def test_contract_catches_an_upward_import(tmp_path):
     shutil.copytree(ROOT / "tsfa", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (pkg / "maths" / "_upward.py").write_text("import tsfa.engines.local  # noqa\n")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    exe = shutil.which("lint-imports")
-    out = subprocess.run([exe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)})
+    out = _lint(tmp_path, {"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)})
     assert out.returncode != 0
     assert "tsfa.maths is not allowed to import tsfa.engines" in out.stdout

@@ -39,8 +39,9 @@ from tsfa.fl.vit import ViT
 from tsfa.maths import wireless as wl
 
 
+@torch.no_grad()
 def evaluate(model: ViT, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
-    """Test accuracy and mean cross-entropy of the global model."""
+    """Test accuracy and mean cross-entropy of the global model (no autograd graph is built)."""
     model.eval()
     correct, loss = 0, 0.0
     for i in range(0, len(y), batch):

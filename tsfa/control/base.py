@@ -185,13 +185,14 @@ class BasePolicy(P2Constants):
         return rho, bits, wire_latency_s(prob, bits, w)
 
     def decision(self, prob: P2Problem, rho, w, status, result=None, queues=None) -> Decision:
-        """The :class:`Decision` for ``(rho, w)``: latency, sent mask, planned bits, objective
-        (``+ Z max_k T_k`` under ``max``, with ``Z = queues[0]``)."""
+        """The :class:`Decision` for P2's solution ``(rho, w)``: P2's objective there (``+ Z
+        max_k T_k`` under ``max``, with ``Z = queues[0]``), and the ratios, planned bits and
+        latency as sent (:meth:`on_the_wire`)."""
         sent = prob.sent(w)
-        rho, bits, lat = self.on_the_wire(prob, rho, w, sent)
         obj = prob.objective(rho, w)
         if self.constraint == "max" and queues is not None:
             obj += float(queues[0]) * float(np.max(prob.latency_s(rho, w)))
+        rho, bits, lat = self.on_the_wire(prob, rho, w, sent)
         return Decision(rho, w, obj, lat, status, result, sent, bits)
 
     def failed(self, status: str, result=None) -> Decision:

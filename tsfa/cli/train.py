@@ -24,13 +24,10 @@ ResumeOpt = Annotated[bool, typer.Option(
 
 
 def run_options(clients: str, device: str, precision: str, threads: int | None) -> dict:
-    """Validate the device/precision/threads options, set the threads; the training options."""
+    """Resolve the device, set the threads; the training options (``--clients`` and
+    ``--precision`` were refused while parsing when outside their choices)."""
     from tsfa.fl.device import resolve_device, set_threads
 
-    for name, value, values in (("--clients", clients, POOLS), ("--precision", precision,
-                                                                 PRECISIONS)):
-        if value not in values:  # the options refuse these too; here for library callers
-            fail(f"{name} = {value!r}: must be one of {', '.join(values)}")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -39,14 +36,14 @@ def run_options(clients: str, device: str, precision: str, threads: int | None) 
     return {"clients": clients, "device": dev, "precision": precision}
 
 
-def _train(cfg, out: Path, resume: bool, options: dict, task=None):
+def _train(cfg, out: Path, resume: bool, options: dict):
     """In-process training of a run config or an already made plan, with a progress bar
     (rounds, ETA, accuracy)."""
     from tsfa.engines.local import train
     from tsfa.reporting.progress import progress_bar, round_note
 
     with progress_bar(cfg.system.training.rounds, description="rounds") as update:
-        return train(cfg, out=out, resume=resume, task=task,
+        return train(cfg, out=out, resume=resume,
                      on_round=lambda done, row: update(done, round_note(row)), **options)
 
 

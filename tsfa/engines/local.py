@@ -68,6 +68,8 @@ class LocalEngine:
     def __init__(self, cfg: RunConfig | RunPlan, clients: str = "batched",
                  device: torch.device | str = "cpu", precision: str = "fp32",
                  task: Task | None = None):
+        if isinstance(cfg, RunPlan) and task is not None:
+            raise ValueError("task: a RunPlan carries its task; pass task only with a RunConfig")
         self.plan = cfg if isinstance(cfg, RunPlan) else plan_run(cfg, task)
         cfg = self.cfg = self.plan.cfg
         self.device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -35,7 +35,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tsfa.config.experiment import PROPOSED, RunConfig
+from tsfa.config.experiment import RunConfig
+from tsfa.config.registry import COMPRESSORS
 from tsfa.experiments.cache import CHECKPOINT, canonical, config_hash
 
 FIXED_RHO = 0.125
@@ -123,7 +124,7 @@ def canonical_run(cfg: RunConfig) -> RunConfig:
     exp = cfg.experiment
     changes = {}
     if exp.error_feedback == "proposed":
-        changes["experiment.error_feedback"] = "all" if exp.method in PROPOSED else "none"
+        changes["experiment.error_feedback"] = "all" if COMPRESSORS.entry(exp.method).proposed else "none"
     if exp.method in ("soft", "ilora"):
         changes["experiment.equal_bits"] = False
     if exp.method == "ilora":

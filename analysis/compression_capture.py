@@ -58,7 +58,7 @@ import torch
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.local import LocalEngine
 from tsfa.experiments.results import final_accuracy, md_table, prepare_dir, write_table
-from tsfa.fl.compress import COMPRESSORS, decode, n_keep
+from tsfa.fl.compress import decode, n_keep, strategy_class
 from tsfa.fl.device import set_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def counterfactual(B: Tensor, A: Tensor, MB: Tensor, MA: Tensor, rho: float,
     """Captures SOFT, TLoRA and RLoRA would deliver on this same M, plus SOFT selecting by e_i."""
     P_M, out = product(B, A, MB, MA), {}
     for name in METHODS:
-        up = COMPRESSORS[name]().compress([(MB, MA)], [(B, A)], rho, rng)
+        up = strategy_class(name)().compress([(MB, MA)], [(B, A)], rho, rng)
         (SB, SA), = decode(up)
         out[f"cf_{name}_factor"] = factor_capture(MB, MA, SB, SA)
         out[f"cf_{name}_product"] = capture(P_M, product(B, A, SB, SA))

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from tsfa.config.experiment import ExperimentSpec, default_system
+from tsfa.config.registry import COMPRESSORS
 from tsfa.control.from_spec import make_policy
 from tsfa.fl.compress import compressor_for, encode_head, head_bits, payload_bits, wire_dtype
 from tsfa.maths.instance import realize
 from tsfa.maths.payload import PayloadModel
 
 R = 8
-METHODS = ("soft", "tlora", "rlora", "slora", "ilora", "svd", "ffa")
+METHODS = tuple(COMPRESSORS)  # every registered compressor
 
 
 def system(bits: int, fmt: str = "bf16"):

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tsfa.config.choices import METHODS
 from tsfa.fl.compress import (
-    COMPRESSORS,
     SOFT,
     SVD,
     CompressOptions,
@@ -24,6 +24,7 @@ from tsfa.fl.compress import (
     n_keep,
     payload_bits,
     reconstruct,
+    strategy_class,
     soft_importance,
     soft_select,
     wire_dtype,
@@ -144,7 +145,7 @@ def _dense(c, msg):
     return [(m[0] @ m[1],) if isinstance(c.inner, SVD) else m for m in msg]
 
 
-@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+@pytest.mark.parametrize("name", sorted(METHODS))
 @pytest.mark.parametrize("rho", [0.25, 0.5, 1.0])
 @pytest.mark.parametrize("protocol", ["update", "factor"])
 def test_error_feedback_telescopes(name, rho, protocol):
@@ -192,7 +193,7 @@ def expected_bits(name, rho, q, shapes=SHAPES, r=R):
     return bits
 
 
-@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+@pytest.mark.parametrize("name", sorted(METHODS))
 @pytest.mark.parametrize("rho", [0.25, 0.5, 0.75, 1.0])
 @pytest.mark.parametrize("q", [16, 32])
 def test_payload_bits_matches_independent_count(name, rho, q):
@@ -253,7 +254,7 @@ def test_make_compressor_options_and_policies():
     assert isinstance(make_compressor("tlora", "proposed"), TLoRA)  # baselines without EF
     assert not isinstance(make_compressor("soft", "proposed"), SOFT)  # SOFT wrapped with EF
     assert isinstance(make_compressor("soft", "none"), SOFT)
-    with pytest.raises(ValueError, match="compressor"):
+    with pytest.raises(ValueError, match="experiment.method"):
         make_compressor("topk")
     with pytest.raises(ValueError, match="upload"):
         make_compressor("soft", protocol="factors")

@@ -3,15 +3,19 @@ line's ``--help`` and its refusals, and the modules that implement them all read
 
 Each tuple is the single list of what its layer implements: a test ties it to the implementation
 (tests/test_cli_choices.py), so a name added here without its implementation, or the reverse,
-fails CI.
+fails CI. Tasks, methods and controllers are extension points: their lists are the registries of
+:mod:`tsfa.config.registry` (iterable names), which a user extends.
 """
 
-#: Data of a run (``experiment.task``; :func:`tsfa.fl.tasks.build_task`).
-TASKS = ("synthetic", "fashion_mnist", "cifar100")
-#: Uplink compressors (``experiment.method``; :mod:`tsfa.fl.compress`, :mod:`tsfa.maths.payload`).
-METHODS = ("soft", "tlora", "rlora", "slora", "svd", "ilora", "ffa")
-#: Per-round policies (``experiment.controller``; :func:`tsfa.control.from_spec.make_policy`).
-CONTROLLERS = ("tsfa", "fixed", "myopic")
+from tsfa.config import registry as _registry
+
+#: Data of a run (``experiment.task``): the names of the task registry
+#: (:data:`tsfa.config.registry.TASKS`; registering a task adds its name here).
+TASKS = _registry.TASKS
+#: Uplink compressors (``experiment.method``): :data:`tsfa.config.registry.COMPRESSORS`.
+METHODS = _registry.COMPRESSORS
+#: Per-round policies (``experiment.controller``): :data:`tsfa.config.registry.CONTROLLERS`.
+CONTROLLERS = _registry.CONTROLLERS
 #: P2 solvers of the Lyapunov controller (``experiment.solver``; :mod:`tsfa.control.lyapunov`).
 SOLVERS = ("analytic", "joint", "cvxpy")
 #: How the in-process engine runs its clients (``--clients``; :mod:`tsfa.fl.pool`).

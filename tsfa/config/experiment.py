@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tsfa.config.choices import CONTROLLERS, METHODS, SOLVERS, TASKS
+from tsfa.config.registry import COMPRESSORS
 from tsfa.config.spec import (
     SECTIONS,
     SpecError,
@@ -30,7 +31,6 @@ from tsfa.config.spec import (
     section_toml_lines,
 )
 
-PROPOSED = ("soft",)  # the proposed method(s): error_feedback = "proposed" keeps EF for these only
 UPLOADS = ("update", "factor")
 FILLS = ("global", "zero")
 ERROR_FEEDBACK = ("all", "none", "proposed")
@@ -84,15 +84,18 @@ class ExperimentSpec(_Section):
         super().__post_init__()
 
     def _check(self):
-        if self.cov_correction != "none" and self.method in ("slora", "svd"):
-            raise SpecError(f"experiment.cov_correction = {self.cov_correction!r}: needs a method "
-                            f"that aggregates factors separately, not {self.method!r}")
+        # the method's config constraints (its registry entry's ``allowed``: experiment keys)
+        for key, allowed in COMPRESSORS.entry(self.method).allowed.items():
+            value = getattr(self, key.removeprefix("experiment."))
+            if value not in allowed:
+                raise SpecError(f"{key} = {value!r}: experiment.method = {self.method!r} allows "
+                                f"only {', '.join(map(repr, allowed))}")
 
     @property
     def uses_error_feedback(self) -> bool:
         """Whether this run's method keeps error-feedback memories (``error_feedback`` policy)."""
         return self.error_feedback == "all" or (self.error_feedback == "proposed"
-                                                and self.method in PROPOSED)
+                                                and COMPRESSORS.entry(self.method).proposed)
 
 
 def default_system() -> SystemSpec:

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from tsfa.config.choices import CONTROLLERS
+from tsfa.config.registry import CONTROLLERS
 from tsfa.config.spec import SystemSpec
-from tsfa.control.lyapunov import LyapunovController
-from tsfa.control.reference import EqualBandwidthPolicy, MyopicPolicy
+from tsfa.control.base import BasePolicy
 from tsfa.maths.instance import SystemInstance, equal_share_ergodic_rate_bps, round_deadlines_s
 from tsfa.maths.payload import PayloadModel
 from tsfa.maths.penalty import penalty_scale_s2
 
-POLICIES = CONTROLLERS  # the one list, tsfa.config.choices
+POLICIES = CONTROLLERS  # the registered policies (iterable names; tsfa.config.registry)
 
 
 def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int,
@@ -61,20 +60,24 @@ def policy_arrays(spec: SystemSpec, inst: SystemInstance, rank: int,
     )
 
 
+def policy_class(kind: str) -> type[BasePolicy]:
+    """The :class:`BasePolicy` subclass registered as ``kind``
+    (:data:`tsfa.config.registry.CONTROLLERS`)."""
+    return CONTROLLERS.load(kind, "policy", BasePolicy)
+
+
 def make_policy(spec: SystemSpec, inst: SystemInstance, rank: int, kind: str = "tsfa",
                 solver: str = "joint", fixed_rho: float = 1.0, V: float | None = None,
                 payload: PayloadModel | None = None):
-    """A policy for ``rank``: ``tsfa`` (Lyapunov), ``fixed`` (equal bandwidth, fixed rho) or
-    ``myopic`` (per-round budget, penalty-minimising). ``V`` defaults to ``control.V``;
-    ``payload`` (default SOFT's) sets the planned bits (see :func:`policy_arrays`)."""
+    """A registered policy for ``rank``, built from :func:`policy_arrays` plus ``V`` and the
+    options its entry names: ``tsfa`` (Lyapunov; ``solver``), ``fixed`` (equal bandwidth,
+    ``fixed_rho``) or ``myopic`` (per-round budget, penalty-minimising). ``V`` defaults to
+    ``control.V``; ``payload`` (default SOFT's) sets the planned bits (see :func:`policy_arrays`)."""
+    entry = CONTROLLERS.entry(kind)
+    cls = policy_class(kind)
+    if "fixed_rho" in entry.options and not (np.isfinite(fixed_rho) and 0.0 < fixed_rho <= 1.0):
+        raise ValueError(f"rho = {fixed_rho!r}: must be in (0, 1]")
     kwargs = policy_arrays(spec, inst, rank, payload)
     kwargs["V"] = spec.control.V if V is None else float(V)
-    if kind == "tsfa":
-        return LyapunovController(**kwargs, solver=solver)
-    if kind == "fixed":
-        if not (np.isfinite(fixed_rho) and 0.0 < fixed_rho <= 1.0):
-            raise ValueError(f"rho = {fixed_rho!r}: must be in (0, 1]")
-        return EqualBandwidthPolicy(**kwargs, fixed_rho=fixed_rho)
-    if kind == "myopic":
-        return MyopicPolicy(**kwargs)
-    raise ValueError(f"controller = {kind!r}: must be one of {', '.join(POLICIES)}")
+    options = {"solver": solver, "fixed_rho": fixed_rho}
+    return cls(**kwargs, **{k: options[k] for k in entry.options})

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from tsfa.config.experiment import RunConfig
+from tsfa.config.registry import COMPRESSORS
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -33,7 +34,7 @@ CHECKPOINT = "checkpoint.pt"
 def canonical(cfg: RunConfig) -> RunConfig:
     """Equivalent configs hash equally: ILoRA ignores the controller and the budget (rho = 1, no
     latency constraint), so its runs drop both (the automatic budget is always feasible)."""
-    if cfg.experiment.method == "ilora":
+    if COMPRESSORS.entry(cfg.experiment.method).ideal:
         return cfg.replace(**{"experiment.controller": "fixed", "experiment.rho": 1.0,
                               "experiment.solver": "joint", "control.latency_budget_s": []})
     return cfg
@@ -52,7 +53,7 @@ def config_hash(cfg: RunConfig, precision: str = "fp32") -> str:
     run; controller runs add :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
     text = "\n".join(ln for ln in canonical(cfg).to_toml().splitlines()
                      if ln.strip() and not ln.lstrip().startswith("#"))
-    if cfg.experiment.controller == "tsfa" and cfg.experiment.method != "ilora":
+    if cfg.experiment.controller == "tsfa" and not COMPRESSORS.entry(cfg.experiment.method).ideal:
         text += f"\n# controller revision {CONTROLLER_REVISION}\n"
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return digest if precision == "fp32" else f"{digest}-{precision}"

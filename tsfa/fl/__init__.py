@@ -13,11 +13,11 @@ from tsfa._lazy import lazy_face
 __getattr__, __dir__, __all__ = lazy_face(__name__, globals(), {
     ".aggregate": ("aggregate", "aggregate_factors", "aggregate_products", "fedavg",
                    "refactorise", "uploaded_deltas"),
-    ".compress": ("COMPRESSORS", "SOFT", "TLoRA", "RLoRA", "SLoRA", "SVD", "ILoRA", "FFA",
+    ".compress": ("SOFT", "TLoRA", "RLoRA", "SLoRA", "SVD", "ILoRA", "FFA",
                   "CompressOptions", "ErrorFeedback", "ModuleUpload", "Upload", "compressor_for",
                   "decode", "encode_head", "decode_head", "head_bits", "make_compressor",
                   "n_keep", "payload_bits", "reconstruct", "soft_importance", "soft_select",
-                  "with_error_feedback"),
+                  "strategy_class", "with_error_feedback"),
     ".correction": ("fedex_residual", "row_space_correction"),
     ".data": ("ArrayDataset", "load_cifar100", "load_fashion_mnist", "read_idx", "select_classes"),
     ".lora": ("LoRALinear", "apply_lora", "get_factors", "set_factors", "get_head_state",

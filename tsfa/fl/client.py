@@ -64,13 +64,14 @@ class ClientSettings:
 
     @classmethod
     def of(cls, cfg: RunConfig, precision: str = "fp32") -> ClientSettings:
-        from tsfa.fl.compress import COMPRESSORS
+        from tsfa.config.registry import COMPRESSORS
+        from tsfa.fl.compress import strategy_class
 
         exp, sys_ = cfg.experiment, cfg.system
         tr = sys_.training
-        zeta = sys_.soft.zeta if exp.method == "soft" else 0.0
+        zeta = sys_.soft.zeta if COMPRESSORS.entry(exp.method).orthogonality else 0.0
         return cls(exp.seed, tr.local_steps, tr.batch_size, tr.learning_rate, exp.optimizer,
-                   zeta, precision, COMPRESSORS[exp.method].frozen)
+                   zeta, precision, strategy_class(exp.method).frozen)
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from tsfa.config.registry import COMPRESSORS
 from tsfa.control.from_spec import make_policy
 from tsfa.control.lyapunov import start_queues
 from tsfa.fl import metrics as mx
@@ -100,7 +101,8 @@ class Server:
         self.payload = plan.payload
         exp = self.cfg.experiment
         self.weights = client_weights(self.task.parts)
-        ideal = exp.method == "ilora"  # docs/model.md §6: rho = 1, no latency constraint
+        # docs/model.md §6: an ideal method (ILoRA) runs at rho = 1 outside the latency constraint
+        ideal = COMPRESSORS.entry(exp.method).ideal
         self.policy = make_policy(self.system, self.inst, exp.rank,
                                   "fixed" if ideal else exp.controller, exp.solver,
                                   1.0 if ideal else exp.rho, payload=self.payload)

@@ -1,6 +1,6 @@
 """Build the data, partition and backbone of a run from its ``[experiment]`` config.
 
-Three tasks (docs/model.md §7; the real data sets load from local files only, never downloaded):
+Three built-in tasks, each a loader registered in :data:`tsfa.config.registry.TASKS` (docs/model.md §7; the real data sets load from local files only, never downloaded):
 
 * ``synthetic`` (default, embedded): the teacher task of :mod:`tsfa.fl.synthetic`, whose ideal
   update has a known spectrum, so eps(r) is exact;
@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from tsfa.config.experiment import ExperimentSpec
+from tsfa.config.registry import TASKS, resolve
 from tsfa.fl.checkpoints import LoadReport, convert_checkpoint, read_config, vit_config_from_hf
 from tsfa.fl.data import FASHION_MNIST_DIR, ArrayDataset, load_cifar100, load_fashion_mnist, select_classes
 from tsfa.fl.partition import class_histograms, dirichlet_partition
@@ -69,44 +70,73 @@ def _describe(report: LoadReport) -> str:
             f"{report.keys_loaded} keys{'; ' + '; '.join(report.resized) if report.resized else ''})")
 
 
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """What a task's loader returns (:class:`tsfa.config.registry.TaskEntry`): the model config
+    it trains, the training and test sets, the backbone (None = random), the spectrum of the
+    ideal update (None unless known), a note for the results and the backbone file's record."""
+
+    vit: ViTConfig
+    train: ArrayDataset
+    test: ArrayDataset
+    backbone: dict[str, torch.Tensor] | None = None
+    spectrum: np.ndarray | None = None
+    note: str = ""
+    record: LoadReport | None = None
+
+
+def load_synthetic(exp: ExperimentSpec, vit: ViTConfig, rng: np.random.Generator) -> TaskData:
+    """The embedded teacher task (:mod:`tsfa.fl.synthetic`): exact spectrum, no files."""
+    cfg = SyntheticConfig(num_train=exp.num_train, num_test=exp.num_test)
+    st = make_synthetic_task(cfg, substream(exp.seed, "geometry", 1))
+    return TaskData(vit, st.train, st.test, st.backbone, st.spectrum,
+                    f"synthetic teacher; labels changed by the update: {st.label_flip:.2f}")
+
+
+def load_fashion_mnist_task(exp: ExperimentSpec, vit: ViTConfig,
+                            rng: np.random.Generator) -> TaskData:
+    """Fashion-MNIST: backbone pre-trained on classes 0-4, federated on classes 5-9."""
+    root = Path(exp.data_dir) if exp.data_dir else FASHION_MNIST_DIR
+    full_train, full_test = load_fashion_mnist(root)
+    cache = Path(exp.pretrained) if exp.pretrained else (
+        Path.home() / ".cache" / "tsfa" / "fmnist_tiny_vit_classes0-4.pt")
+    # a given weights file is used as is (never re-trained nor overwritten), so every run
+    # and seed can share one backbone; else pre-trained with this seed and cached
+    if not (exp.pretrained and cache.exists()):
+        pretrain_backbone(vit, full_train, range(5), cache, seed=exp.seed)
+    backbone, record = convert_checkpoint(cache, vit)
+    train = _subsample(select_classes(full_train, range(5, 10)), exp.num_train, rng)
+    test = _subsample(select_classes(full_test, range(5, 10)), exp.num_test, rng)
+    return TaskData(vit, train, test, backbone, None,
+                    f"backbone pre-trained on classes 0-4: {_describe(record)}", record)
+
+
+def load_cifar100_task(exp: ExperimentSpec, vit: ViTConfig, rng: np.random.Generator) -> TaskData:
+    """CIFAR-100 from ``experiment.data_dir``; backbone from ``experiment.pretrained`` if given."""
+    if not exp.data_dir:
+        raise ValueError("experiment.data_dir: the cifar100 task needs the directory of the "
+                         "local cifar-100-python files")
+    full_train, full_test = load_cifar100(exp.data_dir)
+    backbone, record, note = None, None, "random backbone"
+    if exp.pretrained:
+        vit = pretrained_config(exp.pretrained, vit)
+        backbone, record = convert_checkpoint(exp.pretrained, vit)
+        note = _describe(record)
+    return TaskData(vit, _subsample(full_train, exp.num_train, rng),
+                    _subsample(full_test, exp.num_test, rng), backbone, None, note, record)
+
+
 def build_task(exp: ExperimentSpec, num_clients: int, dirichlet_alpha: float) -> Task:
-    """Data, partition (label-Dirichlet, explicit streams) and backbone for ``exp.task``."""
+    """Data, partition (label-Dirichlet, explicit streams) and backbone for ``exp.task``, loaded
+    by the task's registered loader (:data:`tsfa.config.registry.TASKS`)."""
     rng = substream(exp.seed, "partition")
-    record = None
-    vit = task_vit(exp)
-    if exp.task == "synthetic":
-        cfg = SyntheticConfig(num_train=exp.num_train, num_test=exp.num_test)
-        st = make_synthetic_task(cfg, substream(exp.seed, "geometry", 1))
-        train, test, backbone, spectrum = st.train, st.test, st.backbone, st.spectrum
-        note = f"synthetic teacher; labels changed by the update: {st.label_flip:.2f}"
-    elif exp.task == "fashion_mnist":
-        root = Path(exp.data_dir) if exp.data_dir else FASHION_MNIST_DIR
-        full_train, full_test = load_fashion_mnist(root)
-        cache = Path(exp.pretrained) if exp.pretrained else (
-            Path.home() / ".cache" / "tsfa" / "fmnist_tiny_vit_classes0-4.pt")
-        # a given weights file is used as is (never re-trained nor overwritten), so every run
-        # and seed can share one backbone; else pre-trained with this seed and cached
-        if not (exp.pretrained and cache.exists()):
-            pretrain_backbone(vit, full_train, range(5), cache, seed=exp.seed)
-        backbone, record = convert_checkpoint(cache, vit)
-        train = _subsample(select_classes(full_train, range(5, 10)), exp.num_train, rng)
-        test = _subsample(select_classes(full_test, range(5, 10)), exp.num_test, rng)
-        spectrum = None
-        note = f"backbone pre-trained on classes 0-4: {_describe(record)}"
-    else:
-        if not exp.data_dir:
-            raise ValueError("experiment.data_dir: the cifar100 task needs the directory of the "
-                             "local cifar-100-python files")
-        full_train, full_test = load_cifar100(exp.data_dir)
-        backbone, spectrum, note = None, None, "random backbone"
-        if exp.pretrained:
-            vit = pretrained_config(exp.pretrained, vit)
-            backbone, record = convert_checkpoint(exp.pretrained, vit)
-            note = _describe(record)
-        train = _subsample(full_train, exp.num_train, rng)
-        test = _subsample(full_test, exp.num_test, rng)
-    parts = dirichlet_partition(train.labels, num_clients, dirichlet_alpha, rng)
-    return Task(vit, train, test, parts, backbone, spectrum, note, record)
+    loader = resolve(TASKS.entry(exp.task).loader)
+    d = loader(exp, task_vit(exp), rng)
+    if not isinstance(d, TaskData):
+        raise TypeError(f"experiment.task = {exp.task!r}: its loader must return a TaskData, "
+                        f"got {type(d).__name__}")
+    parts = dirichlet_partition(d.train.labels, num_clients, dirichlet_alpha, rng)
+    return Task(d.vit, d.train, d.test, parts, d.backbone, d.spectrum, d.note, d.record)
 
 
 def pretrained_config(path: str | Path, default: ViTConfig) -> ViTConfig:

@@ -124,10 +124,22 @@ def task_vit(exp) -> ViTConfig:
     """The ViT that ``exp.task`` trains (``exp``: a :class:`tsfa.config.experiment.ExperimentSpec`),
     without loading data. cifar100 with a ``pretrained`` checkpoint takes its sizes from the
     checkpoint's config.json instead (:func:`tsfa.fl.tasks.pretrained_config`, at build time)."""
-    if exp.task == "synthetic":
-        return synthetic_vit()
-    if exp.task == "fashion_mnist":
-        return ViTConfig.tiny(num_classes=5, image_size=28, in_chans=1)
+    from tsfa.config.registry import TASKS, resolve
+
+    vit = resolve(TASKS.entry(exp.task).vit)()
+    if not isinstance(vit, ViTConfig):
+        raise TypeError(f"experiment.task = {exp.task!r}: its vit must return a ViTConfig, got "
+                        f"{type(vit).__name__}")
+    return vit
+
+
+def fashion_mnist_vit() -> ViTConfig:
+    """The tiny ViT of the fashion_mnist task: 28 px, 1 channel, 5 classes (5-9)."""
+    return ViTConfig.tiny(num_classes=5, image_size=28, in_chans=1)
+
+
+def cifar100_vit() -> ViTConfig:
+    """The tiny ViT of the cifar100 task without a checkpoint: 32 px, 3 channels, 100 classes."""
     return ViTConfig.tiny(num_classes=100, image_size=32, in_chans=3)
 
 
@@ -135,7 +147,9 @@ def check_rank(exp, option: str = "experiment.rank") -> None:
     """Raise ValueError naming ``option`` when ``exp.rank`` exceeds the width of the LoRA modules
     of the task's model (q and v are ``dim x dim``, so ``1 <= r <= dim``). A pretrained
     checkpoint's width is known only once it is read: the server checks it then."""
-    if exp.task == "cifar100" and exp.pretrained:
+    from tsfa.config.registry import TASKS
+
+    if exp.pretrained and TASKS.entry(exp.task).vit_from_checkpoint:
         return
     dim = task_vit(exp).dim
     if exp.rank > dim:
@@ -161,5 +175,6 @@ def flops_per_sample(cfg: ViTConfig) -> float:
 
 
 
-__all__ = ["ViTConfig", "LAYER_NORM_EPS", "unsupported_settings", "synthetic_vit", "task_vit",
+__all__ = ["ViTConfig", "LAYER_NORM_EPS", "unsupported_settings", "synthetic_vit", "fashion_mnist_vit",
+           "cifar100_vit", "task_vit",
            "check_rank", "flops_per_sample"]

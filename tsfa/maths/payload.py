@@ -6,8 +6,9 @@ call :func:`module_plan` to decide how many values they keep and count their ind
 (:class:`PayloadModel`) and the bits counted on the real upload are the same numbers by
 construction.
 
-Per LoRA module with ``B`` (d_out, r), ``A`` (r, d_in), values of q_b bits, ratio rho and
-``n = max(1, ceil(rho r))`` (:func:`kept_components`):
+Each registered compressor (:data:`tsfa.config.registry.COMPRESSORS`) names its
+:class:`PayloadForm`; the built-in forms, per LoRA module with ``B`` (d_out, r), ``A`` (r, d_in),
+values of q_b bits, ratio rho and ``n = max(1, ceil(rho r))`` (:func:`kept_components`):
 
 * ``soft``: n rank components (n columns of B, n rows of A) and n rank indices of ceil(log2 r)
   bits, none when n = r (all components sent; the server knows n from rho, so the indices are
@@ -35,15 +36,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cached_property, lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from tsfa.config.choices import METHODS  # noqa: E402  (the one list of compressors)
+from tsfa.config.registry import COMPRESSORS
 
-COMPONENT_METHODS = ("soft", "slora", "svd", "ffa")  # keep whole rank components / triplets
-ELEMENT_METHODS = ("tlora", "rlora")  # keep single entries of each factor
+METHODS = COMPRESSORS  # the registered compressors (iterable names)
 
 
 def kept_components(rank: int, rho: ArrayLike) -> np.ndarray:
@@ -114,54 +115,91 @@ class ModulePlan:
         return value_bits * (self.values_B + self.values_A) + self.index_bits
 
 
+@dataclass(frozen=True)
+class PayloadForm:
+    """How one method's upload of one module grows with its ratio: a compressor's payload plan
+    (the ``payload`` of its :class:`tsfa.config.registry.CompressorEntry`).
+
+    ``plan(n, rank, d_out, d_in) -> ModulePlan``: the entries sent at ``n`` components' worth
+    (n = :func:`kept_components`); ``unit`` says how the method scales and how ``equal_bits``
+    fits it into SOFT's bits: ``"component"`` (whole rank components: the most that fit),
+    ``"element"`` (single entries of each factor: each factor's share of SOFT's bits, positions
+    coded when ``indexed``, else drawn from a seed the server shares) or ``"all"`` (everything,
+    whatever rho: the ideal reference).
+    """
+
+    plan: Callable[[int, int, int, int], ModulePlan]
+    unit: str = "component"
+    indexed: bool = True
+
+    def __post_init__(self):
+        if self.unit not in ("component", "element", "all"):
+            raise ValueError(f"PayloadForm.unit = {self.unit!r}: must be one of component, "
+                             "element, all")
+
+
 def _soft(n: int, rank: int, d_out: int, d_in: int) -> ModulePlan:
     return ModulePlan(n, n * d_out, n * d_in, component_index_bits(n, rank))
 
 
-def _components(method: str, n: int, rank: int, d_out: int, d_in: int) -> ModulePlan:
-    if method == "ffa":
-        return ModulePlan(n, n * d_out, 0, component_index_bits(n, rank))
-    if method == "soft":
-        return _soft(n, rank, d_out, d_in)
-    return ModulePlan(n, n * d_out, n * d_in, 0)  # slora, svd: triplets as factors
-
-
-def _elements(method: str, k_b: int, k_a: int, rank: int, d_out: int, d_in: int) -> ModulePlan:
-    idx = 0 if method == "rlora" else (element_index_bits(k_b, d_out * rank)
-                                       + element_index_bits(k_a, rank * d_in))
+def _elements(k_b: int, k_a: int, rank: int, d_out: int, d_in: int, indexed: bool) -> ModulePlan:
+    idx = (element_index_bits(k_b, d_out * rank) + element_index_bits(k_a, rank * d_in)
+           if indexed else 0)
     return ModulePlan(0, k_b, k_a, idx)
 
 
-@lru_cache(maxsize=65536)
-def _plan(method: str, n: int, rank: int, d_out: int, d_in: int, value_bits: int,
-          equal_bits: bool) -> ModulePlan:
-    if method == "ilora":
-        return ModulePlan(rank, rank * d_out, rank * d_in, 0)
-    if not equal_bits:
-        if method in ELEMENT_METHODS:
-            return _elements(method, n * d_out, n * d_in, rank, d_out, d_in)
-        return _components(method, n, rank, d_out, d_in)
+#: SOFT: n rank components (columns of B, rows of A) and their rank indices.
+COMPONENTS = PayloadForm(_soft)
+#: FFA-LoRA: n columns of B and their rank indices (A frozen, never sent).
+B_COMPONENTS = PayloadForm(lambda n, r, o, i: ModulePlan(n, n * o, 0, component_index_bits(n, r)))
+#: SLoRA, SVD: n singular triplets sent as factors, no indices.
+TRIPLETS = PayloadForm(lambda n, r, o, i: ModulePlan(n, n * o, n * i, 0))
+#: TLoRA: n d_out and n d_in entries of the factors at coded positions.
+TOP_ELEMENTS = PayloadForm(lambda n, r, o, i: _elements(n * o, n * i, r, o, i, True), "element")
+#: RLoRA: as TLoRA at positions drawn from a shared seed (no index bits).
+SEEDED_ELEMENTS = PayloadForm(lambda n, r, o, i: _elements(n * o, n * i, r, o, i, False),
+                              "element", indexed=False)
+#: ILoRA: the full factors whatever rho.
+FULL = PayloadForm(lambda n, r, o, i: ModulePlan(r, r * o, r * i, 0), "all")
+
+
+def payload_form(method: str) -> PayloadForm:
+    """The registered payload plan of ``method`` (:data:`tsfa.config.registry.COMPRESSORS`)."""
+    return COMPRESSORS.load(method, "payload", PayloadForm, instance=True)
+
+
+def _equal_bits(form: PayloadForm, n: int, rank: int, d_out: int, d_in: int,
+                value_bits: int) -> ModulePlan:
+    """``form`` fitted into SOFT's bits at n components (module docstring, ``equal_bits``)."""
     ref = _soft(n, rank, d_out, d_in)
     budget = ref.bits(value_bits)
-    if method in ELEMENT_METHODS:
+    if form.unit == "element":
         share_b = value_bits * ref.values_B + ref.index_bits // 2
-        indexed = method == "tlora"
-        k_b = fit_elements(share_b, d_out * rank, value_bits, indexed)
-        k_a = fit_elements(budget - share_b, rank * d_in, value_bits, indexed)
-        return _elements(method, k_b, k_a, rank, d_out, d_in)
-    fits = [m for m in range(1, rank + 1)
-            if _components(method, m, rank, d_out, d_in).bits(value_bits) <= budget]
-    return _components(method, max(fits, default=1), rank, d_out, d_in)
+        k_b = fit_elements(share_b, d_out * rank, value_bits, form.indexed)
+        k_a = fit_elements(budget - share_b, rank * d_in, value_bits, form.indexed)
+        return _elements(k_b, k_a, rank, d_out, d_in, form.indexed)
+    fits = [m for m in range(1, rank + 1) if form.plan(m, rank, d_out, d_in).bits(value_bits)
+            <= budget]
+    return form.plan(max(fits, default=1), rank, d_out, d_in)
+
+
+@lru_cache(maxsize=65536)
+def _plan(form: PayloadForm, n: int, rank: int, d_out: int, d_in: int, value_bits: int,
+          equal_bits: bool) -> ModulePlan:
+    if form.unit == "all":
+        return form.plan(rank, rank, d_out, d_in)
+    if not equal_bits:
+        return form.plan(n, rank, d_out, d_in)
+    return _equal_bits(form, n, rank, d_out, d_in, value_bits)
 
 
 def module_plan(method: str, rho: float, rank: int, d_out: int, d_in: int, value_bits: int = 32,
                 equal_bits: bool = False) -> ModulePlan:
     """The entries ``method`` sends for one module (d_out, d_in) at rank r and ratio rho (see the
     module docstring). The compressors and :class:`PayloadModel` both call this."""
-    if method not in METHODS:
-        raise ValueError(f"method = {method!r} is invalid; allowed: {', '.join(METHODS)}")
     n = int(kept_components(rank, rho))
-    return _plan(method, n, int(rank), int(d_out), int(d_in), int(value_bits), bool(equal_bits))
+    return _plan(payload_form(method), n, int(rank), int(d_out), int(d_in), int(value_bits),
+                 bool(equal_bits))
 
 
 @dataclass(frozen=True)
@@ -181,8 +219,7 @@ class PayloadModel:
     equal_bits: bool = False
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method = {self.method!r} is invalid; allowed: {', '.join(METHODS)}")
+        payload_form(self.method)  # refuses an unregistered method, naming the allowed ones
         shapes = tuple((int(o), int(i)) for o, i in self.module_shapes)
         if not shapes or self.rank < 1 or self.rank > min(min(s) for s in shapes):
             raise ValueError(f"rank = {self.rank}: must be between 1 and the smallest module "
@@ -226,7 +263,7 @@ class PayloadModel:
 
     def ratios(self) -> np.ndarray:
         """The ratios at which the count changes: n / r for n = 1..r (ILoRA: 1 only)."""
-        if self.method == "ilora":
+        if payload_form(self.method).unit == "all":
             return np.ones(1)
         return np.arange(1, self.rank + 1) / self.rank
 
@@ -250,6 +287,7 @@ class PayloadModel:
         return self.slope_bits * np.asarray(rho, dtype=float) + self.head_bits
 
 
-__all__ = ["METHODS", "COMPONENT_METHODS", "ELEMENT_METHODS", "kept_components", "index_bits",
+__all__ = ["METHODS", "PayloadForm", "COMPONENTS", "B_COMPONENTS", "TRIPLETS", "TOP_ELEMENTS",
+           "SEEDED_ELEMENTS", "FULL", "payload_form", "kept_components", "index_bits",
            "component_index_bits", "element_index_bits", "fit_elements", "full_factor_bits",
            "ModulePlan", "module_plan", "PayloadModel"]

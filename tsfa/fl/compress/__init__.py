@@ -12,7 +12,7 @@ How many entries each method keeps, and the bits of an upload, come from
 
 from __future__ import annotations
 
-from tsfa.config.experiment import PROPOSED
+from tsfa.config.registry import COMPRESSORS as _REGISTRY
 from tsfa.fl.compress.feedback import ErrorFeedback, with_error_feedback
 from tsfa.fl.compress.lowrank import SVD, SLoRA, factored_svd, lowrank_top, split_triplets
 from tsfa.fl.compress.strategies import (
@@ -47,23 +47,30 @@ from tsfa.fl.compress.upload import (
 )
 
 Compressor = Strategy | ErrorFeedback
-COMPRESSORS: dict[str, type[Strategy]] = {"soft": SOFT, "tlora": TLoRA, "rlora": RLoRA,
-                                          "slora": SLoRA, "svd": SVD, "ilora": ILoRA, "ffa": FFA}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The :class:`Strategy` subclass registered as ``name``
+    (:data:`tsfa.config.registry.COMPRESSORS`)."""
+    cls = _REGISTRY.load(name, "strategy", Strategy)
+    if cls.name != name:
+        raise ValueError(f"experiment.method = {name!r}: {cls.__name__}.name = {cls.name!r} must "
+                         "equal its registered name (uploads carry it)")
+    return cls
 
 
 def make_compressor(name: str, error_feedback: bool | str = True, **options) -> Compressor:
-    """Strategy by name (a key of ``COMPRESSORS``), wrapped with error feedback by default.
+    """Strategy by its registered name, wrapped with error feedback by default.
 
     ``error_feedback``: a bool, or the policy of ``experiment.error_feedback`` ("all", "none",
-    "proposed": SOFT only). ``options``: the fields of :class:`CompressOptions` (value_bits,
-    value_dtype, equal_bits, protocol, fill).
+    "proposed": the registered proposed methods only). ``options``: the fields of
+    :class:`CompressOptions` (value_bits, value_dtype, equal_bits, protocol, fill).
     """
-    if name not in COMPRESSORS:
-        raise ValueError(f"compressor = {name!r} is invalid; allowed: {sorted(COMPRESSORS)}")
+    cls = strategy_class(name)
     if isinstance(error_feedback, str):
         error_feedback = error_feedback == "all" or (error_feedback == "proposed"
-                                                     and name in PROPOSED)
-    c = COMPRESSORS[name](options=CompressOptions(**options))
+                                                     and _REGISTRY.entry(name).proposed)
+    c = cls(options=CompressOptions(**options))
     return with_error_feedback(c) if error_feedback else c
 
 
@@ -78,10 +85,11 @@ def compressor_for(experiment, lora) -> Compressor:
                            fill=experiment.factor_fill)
 
 
-__all__ = ["COMPRESSORS", "Compressor", "CompressOptions", "ErrorFeedback", "FFA", "FILLS",
+__all__ = ["Compressor", "CompressOptions", "ErrorFeedback", "FFA", "FILLS",
            "Factors", "ILoRA", "Message", "ModuleUpload", "PROTOCOLS", "RLoRA", "SLoRA", "SOFT",
            "SVD", "Strategy", "TLoRA", "Upload", "compressor_for", "decode", "decode_head",
            "element_indices", "encode_head", "factored_svd", "head_bits", "lowrank_top",
            "make_compressor", "n_keep", "payload_bits", "random_indices", "reconstruct",
-           "sent_masks", "soft_importance", "soft_select", "split_triplets", "wire_dtype",
+           "sent_masks", "soft_importance", "soft_select", "split_triplets", "strategy_class",
+           "wire_dtype",
            "with_error_feedback"]

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from tsfa.config.registry import COMPRESSORS
 from tsfa.control.offline import affordable_rho
 from tsfa.experiments.cache import cached_train
 from tsfa.experiments.runs import scaled_budget
@@ -22,8 +23,14 @@ from tsfa.experiments.results import LAST_ROUNDS as LAST
 from tsfa.experiments.results import final_accuracy
 
 
-LABELS = {"soft": "SOFT", "tlora": "TLoRA", "rlora": "RLoRA", "slora": "SLoRA", "ilora": "ILoRA"}
 COLORS = {"soft": "C0", "tlora": "C1", "rlora": "C2", "slora": "C3", "ilora": "k"}
+
+
+def _style(method: str) -> dict:
+    """Colour (fixed for the paper's methods, the cycle otherwise) and the registered label."""
+    entry = COMPRESSORS.entry(method)
+    return {"color": COLORS.get(method, f"C{4 + list(COMPRESSORS).index(method)}"),
+            "label": entry.label or entry.name}
 
 
 def _run(ctx, **changes):
@@ -176,7 +183,7 @@ def fig3_methods(ctx):
     df = pd.concat(rows, ignore_index=True)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), constrained_layout=True)
     for m, g in df.groupby("method", sort=False):
-        _band(ax, g, "accuracy", color=COLORS[m], label=LABELS[m])
+        _band(ax, g, "accuracy", **_style(m))
     ax.set_xlabel("round $t$")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=6, ncol=3)
@@ -198,7 +205,7 @@ def fig4_fixed_rho(ctx):
             rows.append({"method": m, "rho": float(rho), "components_sent": n,
                          **_final(ctx, **ch), "mean_bits": float(r["total_bits"].mean())})
     df = pd.DataFrame(rows)
-    styles = {m: {"fmt": "-o", "color": COLORS[m], "label": LABELS[m]} for m in df["method"]}
+    styles = {m: {"fmt": "-o", **_style(m)} for m in df["method"]}
     fig = _final_accuracy_plot(df, "method", "rho", styles, "fixed sparsification ratio $\\rho$",
                                f"Fixed $\\rho$, equal bandwidth, r = {ctx.base.rank}", log2_x=True,
                                ctx=ctx)

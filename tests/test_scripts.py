@@ -91,6 +91,12 @@ def check_flower(r: Run) -> None:
     assert "| Flower (Ray) |" in r.out and "| in-process |" in r.out
 
 
+def check_deployment(r: Run) -> None:
+    line = next(ln for ln in r.out.splitlines() if ln.split()[:1] == ["soft"] and len(ln.split()) > 5)
+    ratio = float(line.split()[3])  # bytes_per_bit: a serialised upload carries its payload
+    assert ratio >= 1.0 and "load average before" in r.out
+
+
 def check_ablate(r: Run) -> None:
     paired = pd.read_csv(r.tmp / "out" / "paired.csv")
     assert list(paired["error_feedback"]) == ["none", "all"] and (paired["seeds"] == 2).all()
@@ -152,6 +158,9 @@ SMOKE: dict[str, Smoke] = {
                                          check_trainer, slow=True),
     "benchmarks/bench_flower.py": Smoke(("--smoke", "--num-cpus", "1"), check_flower, slow=True,
                                         needs=("flwr", "ray")),
+    "benchmarks/bench_deployment.py": Smoke(("--smoke", "--workdir", "{tmp}/deploy"),
+                                            check_deployment, slow=True,
+                                            needs=("flwr", "cryptography")),
     "analysis/ablate_row_space.py": Smoke(("--size", "smoke", "--seeds", "0", "1", "--jobs", "1",
                                            "--store", "{tmp}/runs", "--out", "{tmp}/out"),
                                           check_ablate),

@@ -130,3 +130,30 @@ def test_ffa_trains_b_and_the_head_only(clients, monkeypatch):
         for (b1, a1), (b0, a0) in zip(local.factors, glob.factors, strict=True):
             assert torch.equal(a1, a0) and not torch.equal(b1, b0)
         assert any(not torch.equal(local.head[k], glob.head[k]) for k in glob.head)
+
+
+def test_a_lost_upload_is_not_received_but_its_slot_counts_in_the_queue():
+    """A client asked to send whose reply never arrives (a device that dropped out, as Flower's
+    deployment engine sees it): nothing is aggregated from it, ``lost`` marks it, and its queue
+    counts the planned bits on its bandwidth (the slot elapsed)."""
+    from tsfa.fl.client import ClientUpdate
+    from tsfa.maths.wireless import upload_time_s
+
+    e = engine(**{"experiment.controller": "fixed", "experiment.rho": 1.0})
+    server, clients = e.initial_states()
+    plan = e.server.plan(server)
+    results = e.pool.run(server.model, clients, [plan.task(k) for k in range(3)])
+    updates = [u for u, _ in results]
+    updates[2] = ClientUpdate.lost_upload(2)
+    new, record = e.server.finish(server, plan, updates, 0.0)
+    rows = {r["client"]: r for r in record.clients}
+    assert rows[2]["lost"] and rows[2]["bits"] == 0 and not rows[0]["lost"]
+    planned = rows[2]["compute_s"] + upload_time_s(plan.planned_bits[2], plan.bandwidth_hz[2],
+                                                   plan.gains_hz[2])
+    assert rows[2]["latency_s"] == pytest.approx(planned, rel=1e-12)
+    assert record.round["lost"] == 1 and np.isfinite(record.round["train_loss"])
+    # the aggregate is that of the two uploads received
+    ref, _ = e.server.finish(server, plan, updates[:2] + [dataclasses.replace(
+        results[2][0], upload=None, head=None, bits=0.0)], 0.0)
+    for (b1, a1), (b2, a2) in zip(new.model.factors, ref.model.factors, strict=True):
+        assert torch.equal(b1, b2) and torch.equal(a1, a2)

@@ -110,8 +110,10 @@ def train_cmd(
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved run config as TOML and exit.")] = False,
     engine: Annotated[str, choice(
-        ENGINES, "inprocess, or flower (Flower simulation engine on Ray; needs the flower extra; "
-        "no --resume; docs/flower.md).")] = "inprocess",
+        ENGINES, "inprocess; flower (Flower simulation engine on Ray; no --resume); deployment "
+        "(Flower's deployment engine: a TLS SuperLink and K authenticated SuperNodes started on "
+        "this machine, OUT/deployment holds their credentials and logs). flower and deployment "
+        "need the flower extra; docs/flower.md.")] = "inprocess",
     clients: ClientsOpt = "batched",
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "fp32",
@@ -163,15 +165,17 @@ def train_cmd(
         typer.echo(cfg.to_toml(), nl=False)
         return
     try:
-        if engine == "flower":
+        if engine in ("flower", "deployment"):
             try:
                 from tsfa.engines.flower import train_flower
+                from tsfa.engines.flower.deploy import train_deployment
             except ImportError as exc:
-                fail(f"--engine flower needs the extra: pip install 'tsfa[flower]' ({exc})")
-            result = train_flower(cfg, out=out)
+                fail(f"--engine {engine} needs the extra: pip install 'tsfa[flower]' ({exc})")
+            result = (train_flower(cfg, out=out) if engine == "flower"
+                      else train_deployment(cfg, out, resume=resume))
         else:
             result = _train(run, out, resume, options)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
         fail(str(exc))
     cols = ["round", "accuracy", "test_loss", "mean_rho", "mean_latency_s", "mean_queue_s",
             "cov_fro", "orth_defect"]

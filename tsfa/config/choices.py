@@ -24,8 +24,9 @@ POOLS = ("batched", "sequential")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Local-training precision (``--precision``; :func:`tsfa.fl.device.autocast`).
 PRECISIONS = ("fp32", "bf16")
-#: Engines of ``tsfa train --engine``.
-ENGINES = ("inprocess", "flower")
+#: Engines of ``tsfa train --engine``: in-process, Flower simulation (Ray), Flower deployment
+#: (real SuperLink and SuperNode processes on this machine).
+ENGINES = ("inprocess", "flower", "deployment")
 #: Run sizes of the figures and analyses (``tsfa figures --size``; paper: a GPU run).
 SIZES = ("tiny", "quick", "full", "paper")
 

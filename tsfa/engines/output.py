@@ -47,6 +47,22 @@ class RunResult:
     out: Path | None
 
 
+def read_result(out: str | Path) -> RunResult:
+    """The :class:`RunResult` of a finished run from its folder (another process wrote it: the
+    Flower deployment's ServerApp): tables, resolved system, r* and J(r)."""
+    import json
+
+    out = Path(out)
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    table = pd.read_csv(out / "rank_table.csv")
+    r_star = table["r_star"].iloc[0] if len(table) else None
+    offline = OfflineChoice(None if pd.isna(r_star) else int(r_star),
+                            str(meta.get("offline_status", "")),
+                            table.drop(columns=["r_star", "trained_rank"], errors="ignore"))
+    return RunResult(pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "clients.csv"),
+                     SystemSpec.from_dict(meta["resolved_system"]), offline, out)
+
+
 class RunOutput:
     """The result folder of one run (or nothing when ``out`` is None) and its round tables."""
 
@@ -74,6 +90,11 @@ class RunOutput:
                         self.out / "rank_table.csv")
         self.tables.start(resume_round)
 
+    def write_table(self, name: str, rows: list[dict]) -> None:
+        """``out/<name>.csv`` from ``rows`` (rewritten whole; nothing without a folder)."""
+        if self.out is not None:
+            write_table(pd.DataFrame(rows), self.out / f"{name}.csv")
+
     def append(self, record: RoundRecord) -> None:
         self.tables.append(record.round, record.clients)
 
@@ -82,4 +103,4 @@ class RunOutput:
                          self.offline, self.out)
 
 
-__all__ = ["OfflineChoice", "offline_choice", "RunResult", "RunOutput"]
+__all__ = ["OfflineChoice", "offline_choice", "read_result", "RunResult", "RunOutput"]

@@ -112,7 +112,11 @@ class LocalResult:
 @dataclass(frozen=True, eq=False)
 class ClientUpdate:
     """Client ``client``'s reply: its ``upload`` and ``head`` as sent (None when deferred),
-    ``bits`` on the air (LoRA payload + head; 0 when deferred), last task loss and data size."""
+    ``bits`` on the air (LoRA payload + head; 0 when deferred), last task loss and data size.
+    ``lost``: the server received nothing although the client was asked to send (a device that
+    dropped out mid-round; :meth:`lost_upload`); the in-process engine never loses one.
+    ``message_bytes``: the reply's size as an engine serialised it (Flower: its records), None
+    where nothing is serialised (in-process)."""
 
     client: int
     upload: Upload | None
@@ -120,6 +124,13 @@ class ClientUpdate:
     bits: float
     train_loss: float
     num_examples: int
+    lost: bool = False
+    message_bytes: int | None = None
+
+    @classmethod
+    def lost_upload(cls, client: int) -> ClientUpdate:
+        """What the server has of a client whose reply never arrived: nothing (0 bytes)."""
+        return cls(client, None, None, 0.0, float("nan"), 0, lost=True, message_bytes=0)
 
     @property
     def sent(self) -> bool:

@@ -152,7 +152,11 @@ class Server:
             raise ValueError(f"round {plan.round}: updates from clients "
                              f"{[u.client for u in updates]}, expected 0..{self.num_clients - 1}")
         bits = np.asarray([u.bits for u in updates], dtype=float)
-        latency = self.inst.compute_s + wl.upload_time_s(bits, plan.bandwidth_hz, plan.gains_hz)
+        lost = np.asarray([u.lost for u in updates], dtype=bool)
+        # a lost upload (a client that dropped out mid-round) is not received, but its slot on
+        # the uplink elapsed: the queue counts the planned bits on its bandwidth (docs/flower.md)
+        air = np.where(lost, plan.planned_bits, bits)
+        latency = self.inst.compute_s + wl.upload_time_s(air, plan.bandwidth_hz, plan.gains_hz)
         queues = self.policy.update_queues(state.queues, latency)
         cov = self.covariance(state.model, updates)
         glob = self.aggregate(state.model, updates)
@@ -161,20 +165,25 @@ class Server:
         acc, loss = evaluate(self.model, *self.test)
         cpu = [(b.cpu(), a.cpu()) for b, a in glob.factors]  # metrics read numpy
         row = {"round": plan.round, "accuracy": acc, "test_loss": loss,
-               "train_loss": float(np.mean([u.train_loss for u in updates])), **cov,
+               "train_loss": _mean_loss(updates), **cov,
                "orth_defect": mx.total_orthogonality_defect(cpu),
                "kendall_tau": mx.mean_importance_agreement(cpu),
                "mean_rho": float(plan.rho @ self.weights),
-               "senders": int(sum(u.sent for u in updates)), "total_bits": float(bits.sum()),
+               "senders": int(sum(u.sent for u in updates)), "lost": int(lost.sum()),
+               "total_bits": float(bits.sum()),
                "mean_latency_s": float(latency.mean()), "max_latency_s": float(latency.max()),
                "mean_queue_s": float(queues.mean()), "decision_status": plan.status,
                "wall_s": time.perf_counter() - started}
         clients = tuple({"round": plan.round, "client": k, "rho": float(plan.rho[k]),
-                         "sent": bool(plan.sent[k]), "bandwidth_hz": float(plan.bandwidth_hz[k]),
+                         "sent": bool(plan.sent[k]), "lost": bool(lost[k]),
+                         "bandwidth_hz": float(plan.bandwidth_hz[k]),
                          "gamma_hz": float(plan.gains_hz[k]),
                          "planned_bits": float(plan.planned_bits[k]), "bits": float(bits[k]),
                          "latency_s": float(latency[k]), "compute_s": float(self.inst.compute_s[k]),
-                         "budget_s": float(self.inst.budget_s[k]), "queue_s": float(queues[k])}
+                         "budget_s": float(self.inst.budget_s[k]), "queue_s": float(queues[k]),
+                         # the reply's serialised size, where an engine serialises (Flower)
+                         **({} if updates[k].message_bytes is None
+                            else {"message_bytes": int(updates[k].message_bytes)})}
                         for k in range(self.num_clients))
         return ServerState(plan.round + 1, glob, queues), RoundRecord(row, clients)
 
@@ -187,6 +196,12 @@ class Server:
         return mx.covariance_split([(b.cpu(), a.cpu()) for b, a in glob.factors],
                                    [u.upload for u in senders], p / p.sum() if senders else p,
                                    exp.cov_ridge, protocol=exp.upload, fill=exp.factor_fill)
+
+
+def _mean_loss(updates: list[ClientUpdate]) -> float:
+    """Mean last local loss over the clients that replied (nan when none did)."""
+    losses = [u.train_loss for u in updates if not u.lost]
+    return float(np.mean(losses)) if losses else float("nan")
 
 
 def build_server(plan, device: torch.device | str = "cpu") -> Server:

@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from tsfa.fl.client import GlobalModel
 from tsfa.fl.compress import ModuleUpload, Upload
 
 _OPTIONAL = ("rank_index", "B_index", "A_index")
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's records as Flower sends them: every object of the record tree
+    (record dict, records, arrays, array chunks) serialised (``deflate``), each distinct object
+    once (Flower pushes objects by content id). Transport framing (HTTP, TLS) not included."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 BF16 = "~bf16"
 
 
@@ -122,5 +130,5 @@ def record_to_memory(record: ArrayRecord) -> list[tuple[torch.Tensor, ...]]:
     return [tuple(v[j] for j in sorted(v)) for _, v in sorted(out.items())]
 
 
-__all__ = ["model_to_record", "record_to_model", "upload_to_record", "upload_meta",
+__all__ = ["content_bytes", "model_to_record", "record_to_model", "upload_to_record", "upload_meta",
            "record_to_upload", "memory_to_record", "record_to_memory"]

@@ -1,7 +1,7 @@
 """tsfa on Flower's deployment engine (issue 21): real flower-superlink / flower-supernode
 processes on this machine, TLS, registered SuperNodes only, drop-outs, resume (docs/flower.md).
 
-One SuperLink with K = 2 registered SuperNodes serves the module; every test is slow (a run of
+One SuperLink with K = 2 registered SuperNodes serves the module; its tests are slow (a run of
 2 rounds spawns a ClientApp process per message: about a minute on 2 shared cores). Every
 process a test starts is ended by PID, and the last test checks that none is left.
 """
@@ -25,7 +25,8 @@ from tsfa.config.experiment import RunConfig  # noqa: E402
 from tsfa.engines.flower.credentials import make_node_key  # noqa: E402
 from tsfa.engines.flower.deploy import Deployment  # noqa: E402
 
-pytestmark = [pytest.mark.flower, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.flower, pytest.mark.usefixtures("one_thread")]
+slow = pytest.mark.slow
 
 ROUND_TIMEOUT_S = 45.0  # a lost reply ends its round after this long
 
@@ -38,7 +39,7 @@ def tiny(rounds: int = 2) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    d = Deployment(tiny(), tmp_path_factory.mktemp("deploy"), join_timeout_s=60,
+    d = Deployment(tiny(), tmp_path_factory.mktemp("deploy"), join_timeout_s=180,
                    round_timeout_s=ROUND_TIMEOUT_S)
     with d:
         d.start_supernodes()
@@ -67,6 +68,7 @@ def _wait_exit(p, timeout_s: float = 30.0) -> int | None:
         return None
 
 
+@slow
 def test_deployment_equals_the_in_process_engine_and_refuses_strangers(deployment, in_process,
                                                                        tmp_path):
     """Same seed, same config: every logged metric of the real deployment equals the in-process
@@ -103,6 +105,7 @@ def test_deployment_equals_the_in_process_engine_and_refuses_strangers(deploymen
     assert (sent["message_bytes"] * 8 >= sent["bits"]).all()
 
 
+@slow
 def test_a_plain_text_supernode_without_a_key_never_joins(deployment):
     """A plain-text connection (``--insecure``, no key) to the TLS SuperLink keeps retrying and
     is never online; stopping it ends it."""
@@ -115,16 +118,24 @@ def test_a_plain_text_supernode_without_a_key_never_joins(deployment):
     d.stop("plain")
 
 
+@slow
 def test_a_supernode_killed_mid_round_is_lost_then_rejoins(deployment, tmp_path):
     """SIGKILL client 1's SuperNode during round 0: the round completes with client 0 after the
     round timeout, client 1's upload is lost (clients.csv) and its queue counts the planned
-    upload; restarted with its key (the SuperLink admits it once its heartbeats have lapsed),
-    it rejoins and sends again by the last round; the run completes."""
+    upload; restarted with its key, it rejoins (the SuperLink admits it only once its
+    heartbeats have lapsed, about a minute after the crash; until then its rounds are lost
+    too) and trains again in the last round, from the current global model; the run
+    completes."""
     d = deployment
     out = tmp_path / "run"
-    d.launch(out, cfg=tiny(rounds=3))
+    d.launch(out, cfg=tiny(rounds=4))
     t0 = time.monotonic()
-    while not d.clientapps("supernode1"):  # client 1 is training in round 0
+    nodes = out / "nodes.csv"  # written once every client answered the server's query
+    while not nodes.is_file() or len(pd.read_csv(nodes)) < 2:
+        assert time.monotonic() - t0 < 180, _log(d, "run")[-2000:]
+        time.sleep(0.1)
+    query = set(d.clientapps("supernode1"))  # a ClientApp that answered the query may linger
+    while not set(d.clientapps("supernode1")) - query:  # client 1 is training in round 0
         assert time.monotonic() - t0 < 180, _log(d, "run")[-2000:]
         time.sleep(0.1)
     d.kill("supernode1")
@@ -133,7 +144,7 @@ def test_a_supernode_killed_mid_round_is_lost_then_rejoins(deployment, tmp_path)
     clients = pd.read_csv(out / "clients.csv").set_index(["round", "client"])
     assert bool(clients.loc[(0, 1), "lost"]) and clients.loc[(0, 1), "bits"] == 0
     assert not clients.loc[(0, 0), "lost"] and not clients.xs(0, level="client")["lost"].any()
-    assert not clients.loc[(2, 1), "lost"] and clients.loc[(2, 1), "message_bytes"] > 0
+    assert not clients.loc[(3, 1), "lost"] and clients.loc[(3, 1), "message_bytes"] > 0
     lost = clients.loc[(0, 1)]
     assert lost["latency_s"] > lost["compute_s"]  # the planned upload's slot is counted
     rounds = pd.read_csv(out / "rounds.csv")
@@ -142,6 +153,7 @@ def test_a_supernode_killed_mid_round_is_lost_then_rejoins(deployment, tmp_path)
     d.wait_online(d.K)
 
 
+@slow
 def test_a_server_killed_mid_run_resumes_to_the_uninterrupted_result(deployment, in_process,
                                                                      tmp_path):
     """Kill the ServerApp after round 0; ``resume`` continues from its checkpoint (the clients
@@ -163,6 +175,7 @@ def test_a_server_killed_mid_run_resumes_to_the_uninterrupted_result(deployment,
                                       err_msg=col)
 
 
+@slow
 def test_no_process_is_left_after_a_deployment(tmp_path):
     d = Deployment(tiny(), tmp_path / "d", join_timeout_s=5)
     with d:
@@ -172,3 +185,25 @@ def test_no_process_is_left_after_a_deployment(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_the_cli_runs_a_deployment_with_its_out_and_resume(monkeypatch, tmp_path, resume):
+    """``tsfa train --engine deployment`` hands the config, OUT and --resume to
+    train_deployment (the deployment itself is tested above) and prints the run's rows."""
+    from typer.testing import CliRunner
+
+    from tsfa.cli import app
+    from tsfa.engines.flower import deploy
+
+    seen = {}
+
+    def fake(cfg, out, resume=False):
+        seen.update(out=out, resume=resume, rounds=cfg.system.training.rounds)
+        raise RuntimeError("run 1 ended 'finished:failed'; see logs")
+
+    monkeypatch.setattr(deploy, "train_deployment", fake)
+    args = ["train", "--engine", "deployment", "--rounds", "2", "--out", str(tmp_path)]
+    res = CliRunner().invoke(app, args + (["--resume"] if resume else []))
+    assert res.exit_code == 2 and "finished:failed" in res.output
+    assert seen == {"out": tmp_path, "resume": resume, "rounds": 2}

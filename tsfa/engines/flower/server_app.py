@@ -86,29 +86,35 @@ class TSFAStrategy(Strategy):
         return self.first_round + server_round - 1
 
     def wait_for_nodes(self, grid: Grid) -> None:
-        """Wait up to ``join_timeout_s`` for K nodes, then map those present."""
+        """Ask the connected nodes for their partitions until all K clients are mapped or
+        ``join_timeout_s`` has passed, then start with those mapped (a node still busy with an
+        earlier run answers late: it is asked again)."""
         deadline = time.monotonic() + self.options.join_timeout_s
-        while len(ids := list(grid.get_node_ids())) < self.num_clients:
+        while True:
+            left = deadline - time.monotonic()
+            self.discover(grid, timeout_s=max(1.0, min(30.0, left)))
+            if len(self.nodes) == self.num_clients:
+                return
             if time.monotonic() > deadline:
-                log(WARNING, "%d of %d nodes after %.0f s: starting without the others",
-                    len(ids), self.num_clients, self.options.join_timeout_s)
                 break
-            log(INFO, "Waiting for nodes: %d of %d connected", len(ids), self.num_clients)
+            log(INFO, "Waiting for nodes: %d of %d clients mapped (%d connected)",
+                len(self.nodes), self.num_clients, len(list(grid.get_node_ids())))
             time.sleep(1.0)
-        self.discover(grid)
         if not self.nodes:
-            raise RuntimeError(f"no node joined within {self.options.join_timeout_s:.0f} s "
-                               "(flower join_timeout_s)")
+            raise RuntimeError(f"no node answered within {self.options.join_timeout_s:.0f} s "
+                               f"(join-timeout-s); {len(list(grid.get_node_ids()))} connected")
+        log(WARNING, "clients %s have no node after %.0f s: starting without them",
+            sorted(set(range(self.num_clients)) - set(self.nodes)), self.options.join_timeout_s)
 
-    def discover(self, grid: Grid) -> None:
-        """Ask every node not yet asked for its partition-id (client index k)."""
+    def discover(self, grid: Grid, timeout_s: float = 30.0) -> None:
+        """Ask every node not yet mapped for its partition-id (client index k)."""
         new = [n for n in grid.get_node_ids() if n not in self._asked]
         if not new:
             return
         msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in new]
-        for reply in grid.send_and_receive(msgs, timeout=self.options.round_timeout_s):
+        for reply in grid.send_and_receive(msgs, timeout=timeout_s):
             if reply.has_error():
-                continue  # asked again before the next round
+                continue  # asked again later
             node, k = reply.metadata.src_node_id, int(reply.content["client"]["partition-id"])
             if not 0 <= k < self.num_clients:
                 raise RuntimeError(f"node {node} has partition-id {k}: partition ids must be "

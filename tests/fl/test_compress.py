@@ -24,7 +24,6 @@ from tsfa.fl.compress import (
     n_keep,
     payload_bits,
     reconstruct,
-    strategy_class,
     soft_importance,
     soft_select,
     wire_dtype,

@@ -1,6 +1,7 @@
 """Build the data, partition and backbone of a run from its ``[experiment]`` config.
 
-Three built-in tasks, each a loader registered in :data:`tsfa.config.registry.TASKS` (docs/model.md §7; the real data sets load from local files only, never downloaded):
+Three built-in tasks, each a loader registered in :data:`tsfa.config.registry.TASKS`
+(docs/model.md §7; the real data sets load from local files only, never downloaded):
 
 * ``synthetic`` (default, embedded): the teacher task of :mod:`tsfa.fl.synthetic`, whose ideal
   update has a known spectrum, so eps(r) is exact;

@@ -35,8 +35,8 @@ The head (``head_params`` values) is always sent in full at q_b bits. The upload
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np

@@ -48,7 +48,7 @@ def make_tls(folder: str | Path, hosts: tuple[str, ...] = ("localhost", "127.0.0
     ``folder`` as ``ca.crt``, ``server.pem`` and ``server.key``."""
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=VALID_DAYS)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tsfa local CA")])

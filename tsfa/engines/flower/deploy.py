@@ -17,8 +17,9 @@
 Every process is started in its own process group, with the work folder in its environment
 (``TSFA_DEPLOYMENT``, which every process Flower starts from it inherits); stopping ends each
 group (SIGTERM, then SIGKILL) and then, by PID, any process still carrying the marker; a new
-Deployment in the same folder first ends what a killed one left. Loopback addresses only; the ``flwr`` CLI's home (``FLWR_HOME``) is inside the
-work folder, so nothing is written to ``~/.flwr``.
+Deployment in the same folder first ends what a killed one left. Loopback addresses only; the
+``flwr`` CLI's home (``FLWR_HOME``) is inside the work folder, so nothing is written to
+``~/.flwr``.
 """
 
 from __future__ import annotations

@@ -42,16 +42,17 @@ def test_bad_choice_is_one_line_naming_the_option(args, option, values):
 
 def test_rank_beyond_the_model_is_refused_before_torch_loads():
     """``tsfa train --rank 128`` on the default config: one line naming --rank / experiment.rank
-    and its range, from the config alone (torch never imported, no progress bar)."""
+    and its range, from the config alone (torch and pandas never imported, no progress bar:
+    the refusal costs the interpreter's start and the command line's imports only)."""
     code = ("import sys\n"
             "from tsfa.cli import app\n"
             "code = app(['train', '--rank', '128'], standalone_mode=False)\n"
-            "print(code, 'torch' in sys.modules)\n")
+            "print(code, 'torch' in sys.modules, 'pandas' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stderr.strip() == ("error: --rank (experiment.rank) = 128: must be in 1..64, the "
                                   "width of the LoRA modules of the synthetic task's model "
                                   "(dim = 64)")
-    assert out.stdout.split() == ["2", "False"]
+    assert out.stdout.split() == ["2", "False", "False"]
 
 
 def test_each_list_is_what_its_layer_implements():

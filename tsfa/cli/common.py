@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.console import Console
 
 from tsfa.config.spec import SpecError, load_spec
 from tsfa.reporting.control_record import jsonable
+
+if TYPE_CHECKING:  # pandas loads with the first table printed, not with the command line
+    import pandas as pd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tsfa: wireless federated LoRA fine-tuning (SOFT + TSFA).")
@@ -60,8 +62,13 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def print_frame(df: pd.DataFrame, title: str = "") -> None:
-    """A pandas table in full (never truncated), numbers to 4 significant digits."""
+def print_frame(df: pd.DataFrame | dict | list, title: str = "") -> None:
+    """A table in full (never truncated), numbers to 4 significant digits: a DataFrame, or what
+    builds one (columns as a dict, rows as a list of dicts); pandas loads here, not with the
+    command line."""
+    import pandas as pd
+
+    df = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
     if title:
         console.print(f"[bold]{title}[/bold]")
     typer.echo(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 
 from tsfa.cli.common import (
@@ -59,7 +58,7 @@ def bound_cmd(
     if json_out:
         print_json(report)
         return
-    print_frame(pd.DataFrame(report["terms"]),
+    print_frame(report["terms"],
                 f"Bound terms at r = {report['rank']}, mean rho = {report['rho_mean']:.4g}")
     console.print(f"total bound: {report['total']:.6g}")
 
@@ -105,7 +104,7 @@ def rank_cmd(spec: SpecArg = None, json_out: JsonOpt = False,
         print_json(report)
         return
     which = " (paper-scale default spec: ViT-Base q,v)" if spec is None else ""
-    print_frame(pd.DataFrame(report["table"]), f"Offline objective J(r) = rank + cov + sparse{which}")
+    print_frame(report["table"], f"Offline objective J(r) = rank + cov + sparse{which}")
     console.print(f"status: {report['status']}   r* = {report['rank']}   J(r*) = "
                   f"{report['objective']}")
     if report["message"]:
@@ -115,7 +114,7 @@ def rank_cmd(spec: SpecArg = None, json_out: JsonOpt = False,
         console.print(f"CVXPY relaxation: status {rel['status']}, continuous r = {rel['rank']}"
                       + (f" ({rel['note']})" if rel.get("note") else ""))
     if report.get("sensitivity") is not None:
-        print_frame(pd.DataFrame(report["sensitivity"]),
+        print_frame(report["sensitivity"],
                     "Move that changes r* by one candidate (factor, or dB for power); applying "
                     "it to the spec changes r*")
 

@@ -134,3 +134,37 @@ def test_flower_engine_matches_in_process_engine(tmp_path):
     for name in ("config.toml", "metadata.json", "rounds.csv", "clients.csv", "partition.csv",
                  "rank_table.csv"):
         assert (tmp_path / "flower" / name).exists()
+
+
+def test_client_memories_survive_a_new_run_through_the_state_dir(tmp_path):
+    """A resumed run (a new Flower run: empty context state) finds each client's memory after
+    the last completed round in the SuperNode's state dir, under the run's lineage only; the
+    two newest rounds are kept."""
+    from tsfa.engines.flower.client_app import load_memory, save_memory
+
+    cfg = tiny()
+    client = client_for(cfg, 0)
+    e = LocalEngine(cfg, clients="sequential")
+    server, states = e.initial_states()
+
+    def ctx():
+        return Context(run_id=1, node_id=1, node_config={"partition-id": 0, "state-dir":
+                                                         str(tmp_path)},
+                       state=RecordDict(), run_config={})
+
+    first = ctx()
+    memories = []
+    for t in range(3):
+        _, state = client.step(server.model, states[0] if t == 0 else state, ClientTask(t, 0.5))
+        save_memory(cfg, first, state, t, "L1")
+        memories.append(state.memory)
+    files = sorted(p.name for p in tmp_path.rglob("round*.pt"))
+    assert files == ["round1.pt", "round2.pt"]
+    resumed, fresh = load_memory(cfg, ctx(), client, server.model, 2, "L1")  # redo round 2
+    assert not fresh
+    for (b, a), (b1, a1) in zip(resumed.memory, memories[1], strict=True):
+        assert torch.equal(b, b1) and torch.equal(a, a1)
+    _, fresh = load_memory(cfg, ctx(), client, server.model, 2, "L2")  # another run's lineage
+    assert fresh
+    _, fresh = load_memory(cfg, ctx(), client, server.model, 0, "L2")
+    assert not fresh  # round 0 starts from an empty memory by design

@@ -81,6 +81,15 @@ def state_dir(cfg: RunConfig, context: Context, lineage: str) -> Path | None:
             / f"client{partition_id(context)}")
 
 
+def _round_of(path: Path) -> int:
+    return int(path.stem.removeprefix("round"))
+
+
+def _saved(folder: Path) -> list[Path]:
+    """The memory files ``round{t}.pt`` in ``folder``, oldest round first."""
+    return sorted(folder.glob("round*.pt"), key=_round_of)
+
+
 def load_memory(cfg: RunConfig, context: Context, client: Client, glob: GlobalModel,
                 t: int, lineage: str = "") -> tuple[ClientState, bool]:
     """The newest memory saved after a round before ``t`` (context state, else the state dir),
@@ -90,10 +99,9 @@ def load_memory(cfg: RunConfig, context: Context, client: Client, glob: GlobalMo
         return ClientState(record_to_memory(st[MEMORY_KEY])), False
     folder = state_dir(cfg, context, lineage)
     if folder is not None and folder.is_dir():
-        saved = sorted((int(f.stem.removeprefix("round")), f) for f in folder.glob("round*.pt"))
-        saved = [(r, f) for r, f in saved if r < t]
+        saved = [f for f in _saved(folder) if _round_of(f) < t]
         if saved:
-            memory = torch.load(saved[-1][1], map_location="cpu", weights_only=True)
+            memory = torch.load(saved[-1], map_location="cpu", weights_only=True)
             return ClientState(memory), False
     return client.init_state(glob.factors), t > 0
 
@@ -111,7 +119,7 @@ def save_memory(cfg: RunConfig, context: Context, state: ClientState, t: int,
     tmp = folder / f"round{t}.tmp"
     torch.save(state.memory, tmp)
     tmp.replace(folder / f"round{t}.pt")
-    for old in sorted(folder.glob("round*.pt"), key=lambda f: int(f.stem[5:]))[:-KEEP_ROUNDS]:
+    for old in _saved(folder)[:-KEEP_ROUNDS]:
         old.unlink()
 
 

@@ -152,10 +152,10 @@ def test_client_memories_survive_a_new_run_through_the_state_dir(tmp_path):
                                                          str(tmp_path)},
                        state=RecordDict(), run_config={})
 
-    first = ctx()
+    first, state = ctx(), states[0]
     memories = []
     for t in range(3):
-        _, state = client.step(server.model, states[0] if t == 0 else state, ClientTask(t, 0.5))
+        _, state = client.step(server.model, state, ClientTask(t, 0.5))
         save_memory(cfg, first, state, t, "L1")
         memories.append(state.memory)
     files = sorted(p.name for p in tmp_path.rglob("round*.pt"))

@@ -103,6 +103,15 @@ def processes(pattern: str = "", pgid: int | None = None, marker: str | None = N
     return sorted(found)
 
 
+def _kill(pids: list[int]) -> None:
+    """SIGKILL each PID (one already gone is skipped)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _json(text: str) -> dict:
     return json.loads(text[text.index("{"):])
 
@@ -136,11 +145,7 @@ class Deployment:
         """End what a previous Deployment in this folder left (a killed ``tsfa train``): every
         process with this folder's marker, by PID."""
         ended = self.running()
-        for pid in ended:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(ended)
         return ended
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -166,8 +171,7 @@ class Deployment:
         pids = processes("flwr-serverapp", marker=str(self.dir))
         if not pids:
             raise RuntimeError("no flwr-serverapp process is running")
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        _kill(pids)
         return pids[0]
 
     def stop(self, name: str, grace_s: float = 10.0) -> None:
@@ -198,11 +202,7 @@ class Deployment:
         t0 = time.monotonic()
         while self.running() and time.monotonic() - t0 < grace_s:
             time.sleep(0.5)  # Flower's own processes end with their parents
-        for pid in self.running():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(self.running())
 
     def running(self) -> list[int]:
         """PIDs of every live process of this deployment (its marker in their environment)."""

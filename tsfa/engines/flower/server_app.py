@@ -46,7 +46,7 @@ from flwr.supercore import log
 from tsfa.config.experiment import RunConfig
 from tsfa.engines.flower.records import content_bytes, model_to_record, record_to_upload
 from tsfa.engines.flower.settings import FlowerOptions, flower_options, run_config_from_flower
-from tsfa.engines.local import load_checkpoint, save_checkpoint
+from tsfa.engines.local import CHECKPOINT, load_checkpoint, save_checkpoint
 from tsfa.engines.output import RunOutput, RunResult
 from tsfa.experiments.plan import plan_run
 from tsfa.experiments.results import check_same_config
@@ -54,7 +54,6 @@ from tsfa.fl.client import ClientUpdate
 from tsfa.fl.compress import head_bits, payload_bits
 from tsfa.fl.server import Server, ServerState, build_server
 
-CHECKPOINT = "checkpoint.pt"
 LINEAGE = "lineage.txt"  # the id under which the clients keep this run's memories
 
 

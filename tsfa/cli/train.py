@@ -202,6 +202,7 @@ def _print_budget(result) -> None:
 def run_cmd(
     config: Annotated[Path | None, typer.Argument(
         help="Run config TOML (default: the embedded task and its system).")] = None,
+    calibration: CalibrationOpt = None,
     out: Annotated[Path, typer.Option(help="Result directory.")] = Path("runs/default"),
     control_rounds: Annotated[int, typer.Option(help="Rounds of the controller simulation.")] = 500,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds (default: config).")] = None,
@@ -210,7 +211,6 @@ def run_cmd(
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "fp32",
     threads: ThreadsOpt = None,
-    calibration: CalibrationOpt = None,
 ) -> None:
     """The main job, both stages on the model being trained: offline rank, online controller,
     and federated SOFT fine-tuning under TSFA at r*.

@@ -273,7 +273,10 @@ def main(argv=None) -> None:
             f"rho = 1 {pred['largest_fit_rho1']})")
         # specs past --specs: predictions and whatever runs the cache holds, nothing trained
         only_cached = a.report_only or (a.specs is not None and i >= a.specs)
-        acc = run_rows(spec["name"], pred["cfg"], m["candidates"], m["seeds"], store, a.jobs,
+        # a spec may ask for more seeds at the main size (its gaps are small): the extra seeds
+        # go to the contenders only (the sequential design of run_rows)
+        seeds = spec.get("seeds", m["seeds"]) if a.size == "main" else m["seeds"]
+        acc = run_rows(spec["name"], pred["cfg"], m["candidates"], seeds, store, a.jobs,
                        only_cached, m.get("first_seeds"))
         accs.append(acc)
         tables.append(pred["table"].assign(spec=spec["name"]))

@@ -109,9 +109,12 @@ def calibrate_weights_cmd(
         "job).")] = None,
     out: Annotated[Path, typer.Option(help="Calibration file to write.")] = Path(
         "runs/calibration.toml"),
-    ranks: Annotated[str, typer.Option(help="Ranks of the rho = 1 pilots (>= 3).")] = "1,2,4,8,16",
+    ranks: Annotated[str, typer.Option(
+        help="Ranks of the rho = 1 pilots (>= 3); default: the run's lora.rank_candidates, so "
+        "that eps(r) is measured up to the largest candidate.")] = "",
     rhos: Annotated[str, typer.Option(help="Ratios (< 1) of the ratio pilots.")] = "0.5,0.25,0.125",
-    rho_rank: Annotated[int, typer.Option(help="Rank of the ratio pilots.")] = 8,
+    rho_ranks: Annotated[str, typer.Option(
+        help="Rank(s) of the ratio pilots; two separate a ratio form from a count form.")] = "8,16",
     seeds: Annotated[str, typer.Option(help="Seeds (every pilot at each: paired).")] = "0,1",
     num_test: Annotated[int, typer.Option(min=10, help="Test samples of every pilot.")] = 5000,
     store: Annotated[Path, typer.Option(help="Pilot run cache (reused, resumable).")] = Path(
@@ -133,11 +136,14 @@ def calibrate_weights_cmd(
     from tsfa.experiments.plan import plan_run
     from tsfa.experiments.weights import PilotPlan, pilot_configs, pilot_table
 
-    plan = PilotPlan(_numbers(ranks, "--ranks", int), _numbers(rhos, "--rhos"), rho_rank,
-                     _numbers(seeds, "--seeds", int), num_test)
     try:
         cfg = load_run_config(config)
         stage = plan_run(cfg, rank="auto")
+        pilot_ranks = (_numbers(ranks, "--ranks", int) if ranks.strip()
+                       else tuple(int(r) for r in stage.cfg.system.lora.rank_candidates))
+        plan = PilotPlan(pilot_ranks, _numbers(rhos, "--rhos"),
+                         _numbers(rho_ranks, "--rho-ranks", int),
+                         _numbers(seeds, "--seeds", int), num_test)
         plan.check(min(stage.system.lora.d_in, stage.system.lora.d_out))
     except (SpecError, ValueError) as exc:
         fail(str(exc))

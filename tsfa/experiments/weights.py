@@ -6,8 +6,9 @@ short federated runs of the user's own run config (the trainer tsfa runs, not a 
 
 * **rank pilots**: the method at every pilot rank, every component sent (rho = 1, fixed policy,
   no deadline), so their errors differ by rank only: ``err(r) = e0 + w_rank eps(r) + w_cov r``;
-* **ratio pilots**: one rank at several ratios rho < 1, same seeds, *with the method's own error
-  feedback*: ``err(rho) - err(1) = w_sparse phi(rho)``, for each form of phi.
+* **ratio pilots**: one or more ranks at several ratios rho < 1, same seeds, *with the method's
+  own error feedback*: ``err(r, rho) - err(r, 1) = w_sparse phi(rho, r)``, for each form of phi
+  (two ranks separate a form in the ratio from one in the number of components sent).
 
 :func:`pilot_configs` builds them (run through :func:`tsfa.experiments.cache.run_many`, so a
 pilot is never trained twice); :func:`pilot_table` reads their final errors back and
@@ -26,18 +27,18 @@ from tsfa.config.experiment import RunConfig
 #: Default pilot plan: ranks at rho = 1, the ratio pilots' rank and ratios, seeds.
 PILOT_RANKS = (1, 2, 4, 8, 16)
 PILOT_RHOS = (0.5, 0.25, 0.125)
-PILOT_RHO_RANK = 8
+PILOT_RHO_RANKS = (8,)
 PILOT_SEEDS = (0, 1)
 
 
 @dataclass(frozen=True)
 class PilotPlan:
-    """Which pilots to run: ``ranks`` at rho = 1; ``rhos`` (< 1) at ``rho_rank``; ``seeds``
+    """Which pilots to run: ``ranks`` at rho = 1; ``rhos`` (< 1) at each of ``rho_ranks``; ``seeds``
     (every pilot at every seed, so differences are paired); ``num_test`` test samples."""
 
     ranks: tuple[int, ...] = PILOT_RANKS
     rhos: tuple[float, ...] = PILOT_RHOS
-    rho_rank: int = PILOT_RHO_RANK
+    rho_ranks: tuple[int, ...] = PILOT_RHO_RANKS
     seeds: tuple[int, ...] = PILOT_SEEDS
     num_test: int = 5000
 
@@ -46,7 +47,9 @@ class PilotPlan:
         if len(set(self.ranks)) < 3:
             raise ValueError(f"pilot ranks = {list(self.ranks)}: need >= 3 distinct ranks (the "
                              "rank weight, the covariance weight and the floor)")
-        for r in (*self.ranks, self.rho_rank):
+        if not self.rho_ranks:
+            raise ValueError("pilot rho ranks: need >= 1 rank for the ratio pilots")
+        for r in (*self.ranks, *self.rho_ranks):
             if not 1 <= int(r) <= max_rank:
                 raise ValueError(f"pilot rank {r}: must be an integer between 1 and {max_rank}")
         if not self.rhos or any(not 0 < float(p) < 1 for p in self.rhos):
@@ -66,10 +69,11 @@ def pilot_configs(cfg: RunConfig, plan: PilotPlan) -> list[tuple[str, int, float
         for r in plan.ranks:
             out.append(("rank", int(r), 1.0, int(s), cfg.replace(**common, **{
                 "experiment.rank": int(r), "experiment.rho": 1.0, "experiment.seed": int(s)})))
-        for p in plan.rhos:
-            out.append(("rho", int(plan.rho_rank), float(p), int(s), cfg.replace(**common, **{
-                "experiment.rank": int(plan.rho_rank), "experiment.rho": float(p),
-                "experiment.seed": int(s)})))
+        for q in plan.rho_ranks:
+            for p in plan.rhos:
+                out.append(("rho", int(q), float(p), int(s), cfg.replace(**common, **{
+                    "experiment.rank": int(q), "experiment.rho": float(p),
+                    "experiment.seed": int(s)})))
     return out
 
 
@@ -89,5 +93,5 @@ def pilot_table(pilots, runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["PILOT_RANKS", "PILOT_RHOS", "PILOT_RHO_RANK", "PILOT_SEEDS", "PilotPlan",
+__all__ = ["PILOT_RANKS", "PILOT_RHOS", "PILOT_RHO_RANKS", "PILOT_SEEDS", "PilotPlan",
            "pilot_configs", "pilot_table"]

@@ -11,7 +11,7 @@ import pytest
 
 from tsfa.config.experiment import load_run_config
 from tsfa.engines.local import train
-from tsfa.experiments.cache import canonical, config_hash
+from tsfa.experiments.cache import canonical, config_hash, training_key
 from tsfa.experiments.runs import analysis_config
 from tsfa.reporting.figures import FIGURES, make_all, make_figure
 
@@ -134,12 +134,30 @@ def test_runs_are_cached_and_keyed_by_config(figdir):
     for p in runs:
         cfg = load_run_config(p / "config.toml")
         assert config_hash(cfg) == p.name  # keyed by its config (and the controller revision)
-        text = "\n".join(ln for ln in (p / "config.toml").read_text().splitlines()
+        text = "\n".join(ln for ln in training_key(cfg).to_toml().splitlines()
                          if ln.strip() and not ln.startswith("#"))
         if cfg.experiment.controller != "tsfa":
             assert hashlib.sha256(text.encode()).hexdigest()[:12] == p.name
         assert (p / "rounds.csv").is_file()
         assert not (p / "checkpoint.pt").exists()
+
+
+def test_config_hash_ignores_the_offline_objectives_constants(tmp_path):
+    """J's constants ([bound]) key no run: a run trained with other weights, eps model and phi
+    weight is the same run, to the bit (the controller's penalty is normalised, docs/model.md
+    §4), so a recalibration keeps every cached run."""
+    from tsfa.config.experiment import RunConfig
+
+    base = RunConfig().replace(**{"training.rounds": 2, "training.local_steps": 2,
+                                  "experiment.num_train": 200, "experiment.num_test": 50,
+                                  "clients.num_clients": 2, "experiment.rank": 4})
+    other = base.replace(**{"bound.c4": 123.0, "bound.c5": 0.01, "bound.c3": 7.0,
+                            "bound.smoothness": 3.0, "bound.eps_model": "power_law"})
+    assert config_hash(base) == config_hash(other)
+    assert config_hash(base) != config_hash(base.replace(**{"control.phi": "inv_sq"}))
+    a = train(base, out=tmp_path / "a").rounds.drop(columns=["wall_s"])
+    b = train(other, out=tmp_path / "b").rounds.drop(columns=["wall_s"])
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_config_hash_ignores_ilora_controller():

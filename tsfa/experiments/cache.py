@@ -47,11 +47,24 @@ def canonical(cfg: RunConfig) -> RunConfig:
 CONTROLLER_REVISION = 2
 
 
+def training_key(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its ``[bound]`` table at the defaults: the offline objective's constants (J's
+    weights, eps model, c0..c5) that no trained quantity reads. The controller's penalty is
+    normalised at the operating ratio (docs/model.md §4), so a horizon calibration changes a
+    run's training only through ``control.phi``; runs that differ in J's weights alone are one
+    run (a reused run's ``rank_table.csv`` is that of the config that trained it)."""
+    import dataclasses
+
+    return RunConfig(cfg.experiment, dataclasses.replace(cfg.system,
+                                                         bound=type(cfg.system.bound)()))
+
+
 def config_hash(cfg: RunConfig, precision: str = "fp32") -> str:
-    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML without its
-    comments and blank lines (+ "-bf16"), so that editing a key's help text keeps every cached
-    run; controller runs add :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
-    text = "\n".join(ln for ln in canonical(cfg).to_toml().splitlines()
+    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML, ``[bound]`` at
+    its defaults (:func:`training_key`), without comments and blank lines (+ "-bf16"), so that
+    editing a key's help text or recalibrating J keeps every cached run; controller runs add
+    :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
+    text = "\n".join(ln for ln in training_key(canonical(cfg)).to_toml().splitlines()
                      if ln.strip() and not ln.lstrip().startswith("#"))
     if cfg.experiment.controller == "tsfa" and not COMPRESSORS.entry(cfg.experiment.method).ideal:
         text += f"\n# controller revision {CONTROLLER_REVISION}\n"
@@ -160,5 +173,5 @@ def rehash_store(store: str | Path) -> list[tuple[str, str]]:
     return moved
 
 
-__all__ = ["canonical", "config_hash", "CachedRun", "cached_train", "lookup", "run_many",
+__all__ = ["canonical", "training_key", "config_hash", "CachedRun", "cached_train", "lookup", "run_many",
            "rehash_store", "CONTROLLER_REVISION"]

@@ -236,7 +236,8 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
     m = conf["measure"]
     weights = pd.DataFrame([{"key": k, "value": e.value, "stderr": e.stderr, "n": e.n}
                             for k, e in cal.weights.items()])
-    fits = pd.DataFrame([{"phi": f, "w_sparse": v[0], "stderr": v[1], "SSE": v[2]}
+    fits = pd.DataFrame([{"phi": f, "w_sparse": v[0], "stderr": v[1], "SSE": v[2],
+                          **({"LOO": v[3], "b": v[4]} if len(v) > 4 else {})}
                          for f, v in cal.phi_fits.items()])
     lines = [
         "# Validation of r* against the measured best rank (generated)",
@@ -268,7 +269,9 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
         "",
         md_table(weights), "",
         *[f"- {k}: {e.method}" for k, e in cal.weights.items()], "",
-        f"Form of phi (least squared error chosen: **{cal.phi}**):", "",
+        f"Sparsification model w_sparse phi(rho) (r_ref / r)^b, r_ref = {cal.rank_ref} (least "
+        f"leave-one-out error chosen: **phi = {cal.phi}, b = "
+        f"{cal.value('sparse_rank_exponent'):g}**; b = 0 is the ratio form):", "",
         md_table(fits), "",
         "Pilot runs:", "",
         md_table(cal.pilots), "",

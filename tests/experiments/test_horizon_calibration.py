@@ -22,19 +22,20 @@ runner = CliRunner()
 
 
 def make_cal(spec: SystemSpec, w_rank=0.3, w_cov=0.001, w_sparse=0.01, form="inv",
-             task="synthetic") -> hc.HorizonCalibration:
+             task="synthetic", b=0.0, rank_ref=8) -> hc.HorizonCalibration:
     """A calibration made for ``spec``'s LoRA sizes (as if fitted), with given weights."""
     cfg = RunConfig().replace(**{"experiment.task": task})
     cfg = RunConfig(cfg.experiment, spec)
     ident, regime = hc.identity_of(cfg)
-    w = {"w_rank": w_rank, "w_cov": w_cov, "w_sparse": w_sparse, "error_floor": 0.4}
+    w = {"w_rank": w_rank, "w_cov": w_cov, "w_sparse": w_sparse, "sparse_rank_exponent": b,
+         "error_floor": 0.4}
     pilots = pd.DataFrame({"kind": ["rank", "rank", "rank", "rho"], "rank": [1, 2, 4, 4],
                            "rho": [1.0, 1.0, 1.0, 0.5], "seed": [0, 0, 0, 0],
                            "final_error": [0.6, 0.5, 0.45, 0.47]})
     return hc.HorizonCalibration(
         {k: WeightEstimate(v, 0.1 * v, 4, f"planted {k}") for k, v in w.items()}, form,
-        {form: (w_sparse, 0.001, 1e-5)}, hc.eps_keys(spec), ident, regime, pilots,
-        ["a note"])
+        {form: (w_sparse, 0.001, 1e-5, 2e-5, b)}, hc.eps_keys(spec), ident, regime, pilots,
+        ["a note"], rank_ref=rank_ref)
 
 
 def test_round_trip(tmp_path):
@@ -78,13 +79,15 @@ def test_other_task_or_model_refused_regime_warned():
 def test_applied_weights_are_the_terms_of_J():
     """At the spec it is applied to, J(r) = w_rank eps(r) + w_cov r + w_sparse sum p phi."""
     spec = SystemSpec()
-    cal = make_cal(spec, w_rank=0.2, w_cov=0.003, w_sparse=0.02, form="inv_sq")
+    cal = make_cal(spec, w_rank=0.2, w_cov=0.003, w_sparse=0.02, form="inv_sq", b=1.5,
+                   rank_ref=8)
     s = hc.apply_calibration(spec, cal)
     inst = realize(s)
     table = optimal_rank(s, inst).solution["table"]
     ranks = table["rank"].to_numpy()
     terms = client_terms(s, inst, ranks)
-    want = 0.2 * eps_of(s, ranks) + 0.003 * ranks + 0.02 * terms["phi_mean"]
+    want = (0.2 * eps_of(s, ranks) + 0.003 * ranks
+            + 0.02 * (8.0 / ranks) ** 1.5 * terms["phi_mean"])
     ok = table["feasible"].to_numpy()
     np.testing.assert_allclose(table["J"].to_numpy()[ok], want[ok], rtol=1e-12)
     assert s.control.phi == "inv_sq"
@@ -117,6 +120,46 @@ def test_rank_cli_moves_r_star_as_the_weights_say(tmp_path):
         got[name] = rep["rank"]
     assert got["free"] == int(ranks[feas].max())
     assert got["costly"] < got["free"]
+
+
+def test_rank_exponent_moves_r_star_up_as_the_weights_say(tmp_path):
+    """A count form (b = 2 under inv_sq) charges a large rank less for the same ratio than the
+    ratio form (b = 0): r* never falls, and each is the argmin of J computed here."""
+    spec = SystemSpec().replace(**{"control.phi": "inv_sq"})
+    inst = realize(spec)
+    ranks = np.asarray(spec.lora.rank_candidates)
+    terms = client_terms(spec, inst, ranks)
+    feas = terms["feasible"]
+    got = {}
+    for b in (0.0, 2.0):
+        rep = _rank_cli(tmp_path, make_cal(spec, 0.3, 0.0, 0.05, form="inv_sq", b=b),
+                        f"b{b}.toml")
+        j = 0.3 * eps_of(spec, ranks) + 0.05 * (8.0 / ranks) ** b * terms["phi_mean"]
+        assert rep["rank"] == int(ranks[feas][np.argmin(j[feas])]), b
+        got[b] = rep["rank"]
+    assert got[2.0] > got[0.0]
+
+
+def test_format_1_file_reads_as_the_ratio_form(tmp_path):
+    """A calibration written before the rank exponent (format 1) still applies: b = 0."""
+    cal = make_cal(SystemSpec(), b=0.7)
+    data = cal.payload()
+    data["format"] = "tsfa-horizon-calibration/1"
+    del data["weights"]["sparse_rank_exponent"], data["rank_ref"]
+    data["phi_fits"] = {k: v[:3] for k, v in data["phi_fits"].items()}
+    lines = [f"format = {hc._toml(data['format'])}", f"phi = {hc._toml(data['phi'])}",
+             f"notes = {hc._toml(data['notes'])}"]
+    for table in ("identity", "regime", "eps"):
+        lines += [f"[{table}]"] + [f"{k} = {hc._toml(v)}" for k, v in data[table].items()]
+    for k, v in data["weights"].items():
+        lines += [f"[weights.{k}]"] + [f"{a} = {hc._toml(x)}" for a, x in v.items()]
+    lines += ["[phi_fits]"] + [f"{k} = {hc._toml(list(v))}" for k, v in data["phi_fits"].items()]
+    lines += ["[pilots]"] + [f"{k} = {hc._toml(v)}" for k, v in data["pilots"].items()]
+    lines += ["[integrity]", f"sha256 = {hc._toml(hc._digest(data))}"]
+    (tmp_path / "v1.toml").write_text("\n".join(lines) + "\n")
+    back = hc.read_calibration(tmp_path / "v1.toml")
+    assert back.value("sparse_rank_exponent") == 0.0
+    assert hc.apply_calibration(SystemSpec(), back).bound.sparse_rank_exponent == 0.0
 
 
 def test_rank_cli_refuses_a_corrupt_calibration_in_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """The horizon weights (docs/model.md §8b): a planted problem, errors simulated from known weights
-plus noise, is recovered within 10%; the phi form that generated the data is the one selected."""
+plus noise, is recovered within 10%; the phi form and the rank exponent that generated the data
+are the ones selected."""
 
 import numpy as np
 import pytest
@@ -64,9 +65,48 @@ def test_seed_offsets_do_not_bias_the_weights():
 def test_generating_form_selected(form):
     rng = np.random.default_rng(7)
     _, _, _, rho, excess = planted(rng, form=form, noise=0.0005)
-    chosen, fits = hz.select_phi_form(rho, excess)
-    assert chosen == form
-    assert fits[form][0].value == pytest.approx(TRUTH["w_sparse"], rel=0.10)
+    sel = hz.select_phi_form(rho, excess)
+    assert sel.form == form and sel.exponent == 0.0  # one rank: b is not identified
+    assert sel.fits[form][0].value == pytest.approx(TRUTH["w_sparse"], rel=0.10)
+
+
+def planted_two_ranks(rng, form, b, ranks=(8, 16), seeds=2, noise=0.0005, w=0.012):
+    """Excess errors of ratio pilots at two ranks from w phi(rho) (8 / r)^b plus noise."""
+    rho, rank, excess = [], [], []
+    for _ in range(seeds):
+        for r in ranks:
+            for p in RHOS:
+                rho.append(p)
+                rank.append(r)
+                excess.append(w * float(bd.phi(p, form)) * (8 / r) ** b + rng.normal(0, noise))
+    return np.array(rho), np.array(rank), np.array(excess)
+
+
+@pytest.mark.parametrize("form, b", [("inv_sq", 0.0), ("inv_sq", 1.5), ("inv_sq", 2.0),
+                                     ("inv", 1.0), ("linear", 0.5)])
+@pytest.mark.parametrize("draw", range(3))
+def test_planted_rank_exponent_recovered(form, b, draw):
+    """Ratio pilots at ranks 8 and 16 separate a ratio form (b = 0) from a count form (b = 2
+    under inv_sq): the form, b within 10% (or 0.1 absolute near 0) and w_sparse within 10%."""
+    rng = np.random.default_rng(500 + draw)
+    rho, rank, excess = planted_two_ranks(rng, form, b)
+    sel = hz.select_phi_form(rho, excess, rank=rank)
+    assert sel.form == form
+    assert sel.exponent == pytest.approx(b, rel=0.10, abs=0.1)
+    assert sel.w.value == pytest.approx(0.012, rel=0.10)
+    assert sel.rank_ref == 8.0 and sel.exponent_se < 0.5
+
+
+def test_loo_error_is_the_held_out_prediction_error():
+    """Independent reference: refit without each pilot by hand."""
+    rho, rank, excess = planted_two_ranks(np.random.default_rng(3), "inv_sq", 1.0, noise=0.002)
+    f = bd.phi(rho, "inv_sq") * (8 / rank) ** 1.0
+    ref = 0.0
+    for i in range(len(f)):
+        m = np.arange(len(f)) != i
+        w = max(0.0, np.linalg.lstsq(f[m, None], excess[m], rcond=None)[0][0])
+        ref += (excess[i] - w * f[i]) ** 2
+    assert hz.loo_error(rho, excess, "inv_sq", rank, 1.0, 8.0) == pytest.approx(ref, rel=1e-12)
 
 
 def test_weights_are_nonnegative_when_the_data_say_otherwise():

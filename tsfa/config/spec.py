@@ -207,6 +207,12 @@ class BoundSpec(_Section):
                        "sqrt(r), no heterogeneity)", choices=("linear_hetero", "sqrt_r"), kind=str)
     c4: float = _f(1.0, "constant of the sparsification term", "", 0.0, None, kind=float)
     c5: float = _f(1.0, "constant of the rank term", "", 0.0, None, kind=float)
+    sparse_rank_exponent: float = _f(
+        0.0, "exponent b of the sparsification term's rank factor (r_ref / r)^b: 0 charges the "
+        "ratio rho (the bound's form), b = 2 under phi = inv_sq the number of components sent "
+        "(docs/model.md §8b); set by a horizon calibration", "", 0.0, 4.0, kind=float)
+    sparse_rank_ref: int = _f(8, "reference rank r_ref of that factor (the ratio pilots' rank)",
+                              "", 1, None, kind=int)
     smoothness: float = _f(10.0, "smoothness constant L", "", 0.0, None, lo_open=True, kind=float)
     grad_bound: float = _f(3.0, "gradient second-moment bound G", "", 0.0, None, lo_open=True,
                            kind=float)

@@ -1,6 +1,9 @@
 """TSFA offline stage: choose the LoRA rank by minimising the bound (docs/model.md §3) [DESIGN].
 
-    J(r) = c5 eps(r) + cov(r) + Gamma sum_k p_k phi(pi_k(r) rho_bar_k(r)),
+    J(r) = c5 eps(r) + cov(r) + Gamma (r_ref / r)^b sum_k p_k phi(pi_k(r) rho_bar_k(r)),
+
+(the rank factor is 1 at the default ``bound.sparse_rank_exponent`` b = 0; a horizon
+calibration measures b, docs/model.md §8b),
 
 cov(r) the covariance term in the spec's form ``bound.cov_form`` (linear in r in both forms),
 
@@ -244,7 +247,8 @@ def j_terms(spec: SystemSpec, ranks, terms: dict) -> dict:
     rank_t = bd.rank_term(eps, b.c5)
     cov_t = covariance_of(spec, ranks)
     sparse_t = bd.sparsification_term(terms["phi_mean"], b.smoothness, tr.learning_rate,
-                                      tr.local_steps, b.grad_bound, b.c4)
+                                      tr.local_steps, b.grad_bound, b.c4) * bd.sparse_rank_factor(
+        ranks, b.sparse_rank_ref, b.sparse_rank_exponent)
     total = np.where(terms["feasible"], rank_t + cov_t + sparse_t, np.inf)
     return {"eps": eps, "rank_term": rank_t, "cov_term": cov_t, "sparse_term": sparse_t,
             "J": total}
@@ -320,6 +324,10 @@ def relaxed_rank(spec: SystemSpec, inst: SystemInstance | None = None, solver: s
     if spec.control.phi != "inv":
         raise ValueError(f"control.phi = {spec.control.phi!r}: the CVXPY relaxation is DCP only for "
                          "phi = 'inv'; use optimal_rank (enumeration) for the other variants")
+    if spec.bound.sparse_rank_exponent != 0:
+        raise ValueError(f"bound.sparse_rank_exponent = {spec.bound.sparse_rank_exponent:g}: the "
+                         "CVXPY relaxation models the ratio form only (exponent 0); use "
+                         "optimal_rank (enumeration)")
     t0 = time.perf_counter()
     inst = realize(spec) if inst is None else inst
     ranks = spec.lora.rank_candidates

@@ -47,25 +47,33 @@ def canonical(cfg: RunConfig) -> RunConfig:
 CONTROLLER_REVISION = 2
 
 
-def training_key(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its ``[bound]`` table at the defaults: the offline objective's constants (J's
-    weights, eps model, c0..c5) that no trained quantity reads. The controller's penalty is
-    normalised at the operating ratio (docs/model.md §4), so a horizon calibration changes a
-    run's training only through ``control.phi``; runs that differ in J's weights alone are one
-    run (a reused run's ``rank_table.csv`` is that of the config that trained it)."""
-    import dataclasses
+#: Tables of the run config that no trained quantity reads: ``[bound]`` holds the offline
+#: objective's constants (J's weights, eps model, c0..c5). The controller's penalty is normalised
+#: at the operating ratio (docs/model.md §4), so a horizon calibration changes a run's training
+#: only through ``control.phi``.
+NOT_TRAINED = ("bound",)
 
-    return RunConfig(cfg.experiment, dataclasses.replace(cfg.system,
-                                                         bound=type(cfg.system.bound)()))
+
+def training_key(cfg: RunConfig) -> str:
+    """The text that keys a run: the canonical resolved config TOML without its comments, blank
+    lines and the tables of :data:`NOT_TRAINED` (runs that differ in J's constants alone are one
+    run; a reused run's ``rank_table.csv`` is that of the config that trained it, and a key added
+    to ``[bound]`` keeps every cached run)."""
+    keep, out = True, []
+    for ln in canonical(cfg).to_toml().splitlines():
+        s = ln.strip()
+        if s.startswith("[") and s.endswith("]"):
+            keep = s.strip("[]").split(".")[0] not in NOT_TRAINED
+        if keep and s and not s.startswith("#"):
+            out.append(ln)
+    return "\n".join(out)
 
 
 def config_hash(cfg: RunConfig, precision: str = "fp32") -> str:
-    """First 12 hex digits of the SHA-256 of the canonical resolved config TOML, ``[bound]`` at
-    its defaults (:func:`training_key`), without comments and blank lines (+ "-bf16"), so that
-    editing a key's help text or recalibrating J keeps every cached run; controller runs add
+    """First 12 hex digits of the SHA-256 of :func:`training_key` (+ "-bf16"), so that editing a
+    key's help text or recalibrating J keeps every cached run; controller runs add
     :data:`CONTROLLER_REVISION` (fixed-policy runs are unaffected)."""
-    text = "\n".join(ln for ln in training_key(canonical(cfg)).to_toml().splitlines()
-                     if ln.strip() and not ln.lstrip().startswith("#"))
+    text = training_key(cfg)
     if cfg.experiment.controller == "tsfa" and not COMPRESSORS.entry(cfg.experiment.method).ideal:
         text += f"\n# controller revision {CONTROLLER_REVISION}\n"
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -173,5 +181,5 @@ def rehash_store(store: str | Path) -> list[tuple[str, str]]:
     return moved
 
 
-__all__ = ["canonical", "training_key", "config_hash", "CachedRun", "cached_train", "lookup", "run_many",
+__all__ = ["canonical", "NOT_TRAINED", "training_key", "config_hash", "CachedRun", "cached_train", "lookup", "run_many",
            "rehash_store", "CONTROLLER_REVISION"]

@@ -7,7 +7,7 @@ and read it (an integrity hash over the content: a truncated or hand-edited file
 :func:`apply_calibration` puts the weights into a spec, so that every caller of the offline
 objective (``tsfa rank``, ``tsfa run``, sensitivities, figures) evaluates
 
-    J(r) = w_rank eps(r) + w_cov r + w_sparse sum_k p_k phi(pi_k rho_bar_k(r))
+    J(r) = w_rank eps(r) + w_cov r + w_sparse (r_ref / r)^b sum_k p_k phi(pi_k rho_bar_k(r))
 
 in test error at the horizon (the bound's c5, c3 and c4 set so that its rank, covariance and
 sparsification terms equal those three at this spec) and the online controller uses the same
@@ -32,13 +32,15 @@ from tsfa.config.spec import SystemSpec
 from tsfa.maths import bound as bd
 from tsfa.maths import horizon as hz
 
-FORMAT = "tsfa-horizon-calibration/1"
+FORMAT = "tsfa-horizon-calibration/2"
+#: Earlier formats still read: /1 had no rank exponent (the ratio form, b = 0).
+READABLE = ("tsfa-horizon-calibration/1", FORMAT)
 #: Keys that must match the spec or run a calibration is applied to (refused otherwise).
 IDENTITY_KEYS = ("task", "method", "error_feedback", "upload", "n_modules", "d_in", "d_out")
 #: Keys of the regime the weights were measured in (a difference is a warning).
 REGIME_KEYS = ("num_clients", "dirichlet_alpha", "local_steps", "batch_size", "learning_rate",
                "rounds", "num_train")
-WEIGHTS = ("w_rank", "w_cov", "w_sparse", "error_floor")
+WEIGHTS = ("w_rank", "w_cov", "w_sparse", "sparse_rank_exponent", "error_floor")
 
 
 class CalibrationError(ValueError):
@@ -61,8 +63,10 @@ def identity_of(cfg) -> tuple[dict, dict]:
 
 @dataclass(frozen=True, eq=False)
 class HorizonCalibration:
-    """Weights (:class:`tsfa.maths.horizon.WeightEstimate` per name of :data:`WEIGHTS`), the phi
-    form chosen, every form's fit (``phi_fits``: form -> (w_sparse, stderr, SSE)), the eps model
+    """Weights (:class:`tsfa.maths.horizon.WeightEstimate` per name of :data:`WEIGHTS`; the rank
+    exponent b of the sparsification term with its reference rank ``rank_ref``), the phi form
+    chosen, every form's fit (``phi_fits``: form -> (w_sparse, stderr, SSE, LOO error, b)), the
+    eps model
     the rank weight was fitted against (``eps``: bound keys), the ``identity`` and ``regime`` of
     the pilots' run config, the pilot table and free-form ``notes``."""
 
@@ -74,6 +78,7 @@ class HorizonCalibration:
     regime: dict
     pilots: pd.DataFrame
     notes: list = field(default_factory=list)
+    rank_ref: int = 8
     source: str = ""  # the file it was read from (not part of the content)
 
     def value(self, name: str) -> float:
@@ -85,7 +90,7 @@ class HorizonCalibration:
         w = {k: {"value": e.value, "stderr": e.stderr, "n": e.n, "method": e.method}
              for k, e in self.weights.items()}
         return {"format": FORMAT, "identity": dict(self.identity), "regime": dict(self.regime),
-                "weights": w, "phi": self.phi,
+                "weights": w, "phi": self.phi, "rank_ref": int(self.rank_ref),
                 "phi_fits": {k: list(v) for k, v in self.phi_fits.items()},
                 "eps": {k: (list(v) if isinstance(v, list | tuple) else v)
                         for k, v in self.eps.items()},
@@ -103,10 +108,13 @@ class HorizonCalibration:
                  "# `tsfa calibrate-weights` instead."]
         for k, e in self.weights.items():
             lines.append(f"#   {k} = {e.value:.5g} +- {e.stderr:.2g} (n = {e.n}): {e.method}")
-        lines.append(f"#   phi = {self.phi} (least squared error of the forms: "
-                     + ", ".join(f"{f} SSE {v[2]:.3g}" for f, v in self.phi_fits.items()) + ")")
+        lines.append(f"#   phi = {self.phi}, rank factor (r_ref / r)^b with r_ref = {self.rank_ref}"
+                     " (least leave-one-out error of the forms: "
+                     + ", ".join(f"{f} LOO {v[3]:.3g} at b = {v[4]:g}" if len(v) > 4 else
+                                 f"{f} SSE {v[2]:.3g}" for f, v in self.phi_fits.items()) + ")")
         lines += [f"# {n}" for n in self.notes]
         lines += ["", f"format = {_toml(FORMAT)}", f"phi = {_toml(self.phi)}",
+                  f"rank_ref = {_toml(int(self.rank_ref))}",
                   f"notes = {_toml(list(self.notes))}"]
         for table in ("identity", "regime", "eps"):
             lines += ["", f"[{table}]"] + [f"{k} = {_toml(v)}" for k, v in data[table].items()]
@@ -166,9 +174,10 @@ def read_calibration(path: str | Path) -> HorizonCalibration:
         raise CalibrationError(f"calibration {str(p)!r}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CalibrationError(f"calibration {str(p)!r}: not a TOML file ({exc})") from None
-    if data.get("format") != FORMAT:
+    if data.get("format") not in READABLE:
         raise CalibrationError(f"calibration {str(p)!r}: format = {data.get('format')!r}, "
-                               f"expected {FORMAT!r}")
+                               f"expected one of {', '.join(map(repr, READABLE))}")
+    old = data["format"] != FORMAT
     for key in ("identity", "regime", "weights", "phi", "phi_fits", "eps", "pilots",
                 "integrity"):
         if key not in data:
@@ -184,6 +193,10 @@ def read_calibration(path: str | Path) -> HorizonCalibration:
     try:
         weights = {k: hz.WeightEstimate(float(v["value"]), float(v["stderr"]), int(v["n"]),
                                         str(v["method"])) for k, v in data["weights"].items()}
+        if old:  # format 1: the ratio form, no rank factor
+            weights["sparse_rank_exponent"] = hz.WeightEstimate(
+                0.0, math.nan, 0, "format 1 file: the ratio form (b = 0)")
+        rank_ref = int(data.get("rank_ref", 8))
         if set(weights) != set(WEIGHTS):
             raise KeyError(", ".join(sorted(set(WEIGHTS) ^ set(weights))))
         bd.phi_form(data["phi"])
@@ -192,7 +205,7 @@ def read_calibration(path: str | Path) -> HorizonCalibration:
     return HorizonCalibration(weights, data["phi"],
                               {k: tuple(v) for k, v in data["phi_fits"].items()}, data["eps"],
                               data["identity"], data["regime"], pd.DataFrame(data["pilots"]),
-                              list(data.get("notes", [])), str(p))
+                              list(data.get("notes", [])), rank_ref=rank_ref, source=str(p))
 
 
 # --------------------------------------------------------------------------- fit
@@ -218,18 +231,26 @@ def fit_calibration(pilots: pd.DataFrame, cfg, notes=()) -> HorizonCalibration:
                             ranks["final_error"], ranks["seed"])
     ref = ranks[ranks["rho"] == 1.0].set_index(["rank", "seed"])["final_error"]
     rho = pilots[(pilots["kind"] == "rho") & (pilots["rho"] < 1.0)]
-    keyed = [(r.rho, r.final_error - ref[(r.rank, r.seed)]) for r in rho.itertuples()
+    keyed = [(r.rho, r.final_error - ref[(r.rank, r.seed)], r.rank) for r in rho.itertuples()
              if (r.rank, r.seed) in ref.index]
     if not keyed:
         raise ValueError("fit_calibration: no ratio pilot has a rank pilot of its rank and seed "
                          "at rho = 1")
-    form, fits = hz.select_phi_form([k[0] for k in keyed], [k[1] for k in keyed])
-    w["w_sparse"] = fits[form][0]
+    sel = hz.select_phi_form([k[0] for k in keyed], [k[1] for k in keyed],
+                             rank=[k[2] for k in keyed])
+    w["w_sparse"] = sel.w
+    n_ranks = len({k[2] for k in keyed})
+    w["sparse_rank_exponent"] = hz.WeightEstimate(
+        sel.exponent, sel.exponent_se, len(keyed),
+        f"least leave-one-out error over b in [0, 3] (step 0.05) of the ratio pilots at "
+        f"{n_ranks} rank(s), stderr the half-width of the b within one residual variance of the "
+        "least SSE" if n_ranks >= 2 else "one ratio-pilot rank: b is not identified, 0 (ratio form)")
     ident, regime = identity_of(cfg)
     return HorizonCalibration(
-        {k: w[k] for k in WEIGHTS}, form,
-        {f: (e.value, e.stderr, sse) for f, (e, sse) in fits.items()}, eps_keys(spec), ident,
-        regime, pilots.reset_index(drop=True), list(notes))
+        {k: w[k] for k in WEIGHTS}, sel.form,
+        {f: (e.value, e.stderr, sse, loo, b) for f, (e, sse, loo, b) in sel.fits.items()},
+        eps_keys(spec), ident, regime, pilots.reset_index(drop=True), list(notes),
+        rank_ref=int(sel.rank_ref))
 
 
 # --------------------------------------------------------------------------- apply
@@ -289,7 +310,9 @@ def apply_calibration(spec: SystemSpec, cal: HorizonCalibration) -> SystemSpec:
     if eps.get("eps_model") != "given":
         changes.pop("bound.spectrum", None)
     changes |= {"bound.c5": cal.value("w_rank"), "bound.c3": cal.value("w_cov") / cov1,
-                "bound.c4": cal.value("w_sparse") / gam1, "control.phi": cal.phi}
+                "bound.c4": cal.value("w_sparse") / gam1, "control.phi": cal.phi,
+                "bound.sparse_rank_exponent": cal.value("sparse_rank_exponent"),
+                "bound.sparse_rank_ref": int(cal.rank_ref)}
     return spec.replace(**changes)
 
 

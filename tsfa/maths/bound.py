@@ -179,6 +179,16 @@ def sparsification_term(phi_mean, smoothness, lr, local_steps, grad_bound, c4=1.
         phi_mean, float)
 
 
+def sparse_rank_factor(rank, rank_ref=8, exponent=0.0):
+    """(r_ref / r)^b: the rank factor of the sparsification term (docs/model.md §8b) [-].
+
+    1 at ``exponent`` b = 0 (the bound's form: the cost of sparsifying depends on the ratio rho
+    alone). With phi = (1 - rho)/rho^2, b = 2 makes the term depend on the number of components
+    sent, n = rho r, alone (``(1 - rho) (r_ref / n)^2``); a horizon calibration measures b from
+    ratio pilots at two or more ranks."""
+    return (float(rank_ref) / np.asarray(rank, float)) ** float(exponent)
+
+
 def rank_term(eps, c5=1.0):
     """rank = c5 eps(r)  (docs/model.md §2), eps the energy fraction outside the best rank-r subspace."""
     return c5 * np.asarray(eps, float)
@@ -293,6 +303,6 @@ __all__ = ["PHI_FORMS", "PHI_VARIANTS", "COV_FORMS", "phi_form", "phi", "phi_der
            "init_term", "noise_term", "drift_term", "covariance_term_sqrt_r",
            "covariance_term_linear_hetero", "heterogeneity_factor", "covariance_term",
            "covariance_magnitude", "sparsification_gamma", "mean_phi", "sparsification_term",
-           "rank_term", "eps_from_spectrum", "power_law_spectrum", "eps_power_law",
+           "sparse_rank_factor", "rank_term", "eps_from_spectrum", "power_law_spectrum", "eps_power_law",
            "eps_from_matrix", "fit_power_law", "COV_FORMULAS", "TERM_FORMULAS", "bound_terms",
            "term_table"]

@@ -12,9 +12,10 @@ weights measured on the user's task by pilot runs (:mod:`tsfa.experiments.weight
 * rank pilots, every component sent (rho = 1), ranks r_1..r_n, seeds s: ``err_{r,s} = e0 + a_s
   + w_rank eps(r) + w_cov r``, a per-seed offset ``a_s`` (paired design), fitted by
   :func:`fit_rank_weights`;
-* ratio pilots at one rank, same seeds, with the method's error feedback: ``err_{rho,s} -
-  err_{1,s} = w_sparse phi(rho)``, fitted per form by :func:`fit_sparse_weight`; the form of
-  least squared error is kept (:func:`select_phi_form`).
+* ratio pilots at one or more ranks, same seeds, with the method's error feedback:
+  ``err_{r,rho,s} - err_{r,1,s} = w_sparse phi(rho) (r_ref / r)^b``, fitted per form and rank
+  exponent b by :func:`fit_sparse_weight`; the model of least leave-one-out error is kept
+  (:func:`select_phi_form`; b only with two or more ranks).
 
 Every function here is pure (numpy/scipy, no I/O).
 """
@@ -110,40 +111,113 @@ def fit_rank_weights(ranks: ArrayLike, eps: ArrayLike, errors: ArrayLike,
                                           "less the fitted rank terms")}
 
 
-def fit_sparse_weight(rho: ArrayLike, excess_error: ArrayLike, form: str) -> tuple[
-        WeightEstimate, float]:
-    """``w_sparse`` of (H) for the form ``form`` of phi, and the sum of squared residuals.
+#: Exponents b of the sparsification term's rank factor tried by :func:`select_phi_form`
+#: (0: the ratio form; 2 under inv_sq: the count form), step 0.05.
+RANK_EXPONENTS = tuple(round(0.05 * i, 2) for i in range(61))
 
-    ``excess_error``: err(rho) - err(1) of ratio pilots paired by seed (same rank). Least squares
-    through the origin, ``w >= 0``: ``w = max(0, sum d phi / sum phi^2)``, standard error
-    ``sqrt(SSE / (n - 1) / sum phi^2)`` (nan for one pilot).
+
+def _sparse_regressor(rho, rank, form: str, exponent: float, rank_ref: float) -> np.ndarray:
+    """phi(rho) (r_ref / r)^b: the regressor of w_sparse (docs/model.md §8b)."""
+    from tsfa.maths.bound import sparse_rank_factor
+
+    rho = np.asarray(rho, float)
+    factor = 1.0 if rank is None else sparse_rank_factor(rank, rank_ref, exponent)
+    return phi(rho, form) * factor
+
+
+def fit_sparse_weight(rho: ArrayLike, excess_error: ArrayLike, form: str, rank=None,
+                      exponent: float = 0.0, rank_ref: float = 8.0) -> tuple[WeightEstimate,
+                                                                              float]:
+    """``w_sparse`` of (H) for the form ``form`` of phi and the rank exponent ``exponent`` (b),
+    and the sum of squared residuals.
+
+    ``excess_error``: err(r, rho) - err(r, 1) of ratio pilots paired by seed (same rank) at the
+    ranks ``rank`` (None: one rank, no rank factor). Model ``excess = w_sparse phi(rho) (r_ref /
+    r)^b``; least squares through the origin, ``w >= 0``: ``w = max(0, sum d f / sum f^2)``,
+    standard error ``sqrt(SSE / (n - 1) / sum f^2)`` (nan for one pilot).
     """
-    f = phi(np.asarray(rho, float), form)
+    rho_a = np.asarray(rho, float)
+    f = _sparse_regressor(rho_a, rank, form, exponent, rank_ref)
     d = np.asarray(excess_error, float)
     if len(f) != len(d) or not len(d):
         raise ValueError("fit_sparse_weight: need one excess error per ratio pilot, >= 1")
-    if np.any(np.asarray(rho, float) >= 1.0):
+    if np.any(rho_a >= 1.0):
         raise ValueError("fit_sparse_weight: ratio pilots need rho < 1 (rho = 1 is the reference)")
     sxx = float(f @ f)
     w = max(0.0, float(f @ d) / sxx)
     resid = d - w * f
     sse = float(resid @ resid)
     se = math.sqrt(sse / (len(d) - 1) / sxx) if len(d) > 1 else math.nan
-    rhos = sorted({float(v) for v in np.asarray(rho, float)})
+    rhos = sorted({float(v) for v in rho_a})
+    ranks = "" if rank is None else (f" at ranks {sorted({int(v) for v in np.asarray(rank)})}, "
+                                     f"rank factor (r_ref / r)^b, r_ref = {rank_ref:g}, "
+                                     f"b = {exponent:g}")
     how = (f"least squares of {len(d)} paired excess errors err(rho) - err(1) at rho "
-           f"{', '.join(f'{v:g}' for v in rhos)} on w_sparse phi(rho), phi = {form}, with the "
-           "method's error feedback")
+           f"{', '.join(f'{v:g}' for v in rhos)}{ranks} on w_sparse phi(rho), phi = {form}, "
+           "with the method's error feedback")
     return WeightEstimate(w, se, len(d), how), sse
 
 
-def select_phi_form(rho: ArrayLike, excess_error: ArrayLike,
-                    forms=PHI_VARIANTS) -> tuple[str, dict[str, tuple[WeightEstimate, float]]]:
-    """The form of phi whose one-weight fit (:func:`fit_sparse_weight`) has the least squared
-    error, and every form's (estimate, SSE). Ties keep the earlier form of ``forms``."""
-    fits = {f: fit_sparse_weight(rho, excess_error, f) for f in forms}
-    best = min(forms, key=lambda f: (fits[f][1], forms.index(f)))
-    return best, fits
+def loo_error(rho: ArrayLike, excess_error: ArrayLike, form: str, rank=None,
+              exponent: float = 0.0, rank_ref: float = 8.0) -> float:
+    """Leave-one-out squared prediction error of :func:`fit_sparse_weight` (each pilot predicted
+    by the fit to the others) [test error^2]; nan for fewer than 2 pilots."""
+    rho_a, d = np.asarray(rho, float), np.asarray(excess_error, float)
+    if len(d) < 2:
+        return math.nan
+    r_a = None if rank is None else np.asarray(rank, float)
+    f = _sparse_regressor(rho_a, r_a, form, exponent, rank_ref)
+    out = 0.0
+    for i in range(len(d)):
+        m = np.arange(len(d)) != i
+        sxx = float(f[m] @ f[m])
+        w = max(0.0, float(f[m] @ d[m]) / sxx) if sxx > 0 else 0.0
+        out += (d[i] - w * f[i]) ** 2
+    return float(out)
 
 
-__all__ = ["WeightEstimate", "horizon_error", "fit_rank_weights", "fit_sparse_weight",
-           "select_phi_form"]
+@dataclass(frozen=True)
+class SparseFit:
+    """The chosen sparsification model: phi ``form``, rank ``exponent`` b with its ``exponent_se``
+    (half-width of the b whose SSE is within one residual variance of the least, nan with one
+    rank), ``rank_ref``, the weight ``w`` and every form's ``fits`` at its best b: form ->
+    (estimate, SSE, LOO error, b)."""
+
+    form: str
+    exponent: float
+    exponent_se: float
+    rank_ref: float
+    w: WeightEstimate
+    fits: dict
+
+
+def select_phi_form(rho: ArrayLike, excess_error: ArrayLike, forms=PHI_VARIANTS, rank=None,
+                    exponents=RANK_EXPONENTS) -> SparseFit:
+    """The sparsification model of least leave-one-out error (:func:`loo_error`) over the forms
+    of phi and, when the ratio pilots span two or more ranks, the rank exponents b
+    (``exponents``; b = 0 only with one rank: b is not identified). Ties keep the earlier form
+    and the smaller b. ``rank_ref`` is the smallest ratio-pilot rank."""
+    r_a = None if rank is None else np.asarray(rank, float)
+    two = r_a is not None and len(np.unique(r_a)) >= 2
+    bs = tuple(exponents) if two else (0.0,)
+    ref = float(np.min(r_a)) if r_a is not None else 8.0
+    fits, best = {}, None
+    for f in forms:
+        scored = [(loo_error(rho, excess_error, f, r_a if two else None, b, ref), b) for b in bs]
+        loo, b = min(scored, key=lambda t: (t[0], t[1]))
+        est, sse = fit_sparse_weight(rho, excess_error, f, r_a if two else None, b, ref)
+        fits[f] = (est, sse, loo, b)
+        if best is None or loo < fits[best][2]:
+            best = f
+    est, sse, loo, b = fits[best]
+    se = math.nan
+    if two:
+        n = len(np.asarray(excess_error))
+        sses = np.array([fit_sparse_weight(rho, excess_error, best, r_a, x, ref)[1] for x in bs])
+        ok = np.asarray(bs)[sses <= sse * (1.0 + 1.0 / max(n - 2, 1))]
+        se = float((ok.max() - ok.min()) / 2.0)
+    return SparseFit(best, float(b), se, ref, est, fits)
+
+
+__all__ = ["WeightEstimate", "horizon_error", "fit_rank_weights", "RANK_EXPONENTS",
+           "fit_sparse_weight", "loo_error", "SparseFit", "select_phi_form"]

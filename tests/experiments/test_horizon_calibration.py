@@ -168,3 +168,82 @@ def test_rank_cli_refuses_a_corrupt_calibration_in_one_line(tmp_path):
     res = runner.invoke(app, ["rank", "--calibration", str(bad)])
     assert res.exit_code == 2
     assert res.output.strip().count("\n") == 0 and "bad.toml" in res.output
+
+
+def _curves_cal(spec: SystemSpec, T=40, rho_ranks=(8, 16), seeds=(0, 1)):
+    """A calibration whose pilots' accuracy curves come from known weights at every horizon t:
+    w_rank(t) = 0.3 + 3/t, w_sparse(t) = 0.002 (b = 1), error floor 0.4 + 2/t."""
+    from tsfa.experiments.results import LAST_ROUNDS
+
+    rows = []
+    eps = lambda r: eps_of(spec, np.asarray([r]))[0]  # noqa: E731
+    for s in seeds:
+        for kind, r, rho in ([("rank", r, 1.0) for r in (1, 2, 4, 8, 16)]
+                             + [("rho", q, p) for q in rho_ranks for p in (0.5, 0.25, 0.125)]):
+            curve = []
+            for t in range(1, T + 1):
+                err = 0.4 + 2 / t + (0.3 + 3 / t) * eps(r) + 0.01 * s
+                if kind == "rho":
+                    err += 0.002 * float((1 - rho) / rho**2) * (8 / r)
+                curve.append(1 - err)
+            rows.append({"kind": kind, "rank": r, "rho": rho, "seed": s,
+                         "final_error": 1 - float(np.mean(curve[-LAST_ROUNDS:])),
+                         "final_test_loss": 1.0, "rounds": T, "accuracy_curve": curve})
+    pilots = pd.DataFrame(rows)
+    cfg = RunConfig(RunConfig().experiment, spec.replace(**{"training.rounds": T}))
+    return hc.fit_calibration(pilots, cfg)
+
+
+def test_horizon_refit_from_the_pilots_curves(tmp_path):
+    """A shorter horizon is refitted from the curves (same estimators, phi form kept), the
+    pilots' own horizon and longer ones are the file's weights; the file round-trips the curves."""
+    from tsfa.experiments.results import LAST_ROUNDS
+
+    spec = SystemSpec().replace(**{"bound.eps_model": "given",
+                                   "bound.spectrum": tuple(1 / np.arange(1, 17))})
+    cal = _curves_cal(spec)
+    assert cal.value("w_rank") == pytest.approx(np.mean([0.3 + 3 / t for t in (38, 39, 40)]),
+                                                rel=1e-6)
+    back = hc.read_calibration(hc.write_calibration(cal, tmp_path / "c.toml"))
+    for t in (6, 20):
+        at = hc.at_horizon(back, t)
+        ts = range(t - LAST_ROUNDS + 1, t + 1)
+        assert at.value("w_rank") == pytest.approx(np.mean([0.3 + 3 / u for u in ts]), rel=1e-6)
+        assert at.value("w_sparse") == pytest.approx(0.002, rel=1e-6)
+        assert at.value("sparse_rank_exponent") == pytest.approx(1.0, abs=1e-9)
+        assert at.phi == cal.phi and at.regime["rounds"] == t
+        applied = hc.apply_calibration(spec.replace(**{"training.rounds": t}), back)
+        assert applied.bound.c5 == pytest.approx(at.value("w_rank"))
+        assert not hc.check_calibration(back, spec=spec.replace(**{"training.rounds": t}))
+    assert hc.at_horizon(back, 40) is back and hc.at_horizon(back, 80) is back
+    assert hc.check_calibration(back, spec=spec.replace(**{"training.rounds": 80}))
+
+
+def test_pilots_at_is_final_accuracy_of_the_first_rounds():
+    """Independent reference: the error at horizon t is 1 - final_accuracy of the first t rows."""
+    from tsfa.experiments.results import final_accuracy
+
+    rng = np.random.default_rng(1)
+    curve = list(rng.uniform(0.2, 0.6, 30))
+    pilots = pd.DataFrame([{"kind": "rank", "rank": 4, "rho": 1.0, "seed": 0,
+                            "final_error": 0.0, "rounds": 30, "accuracy_curve": curve}])
+    for t in (1, 2, 7, 30):
+        want = 1 - final_accuracy(pd.DataFrame({"round": range(t), "accuracy": curve[:t]}))
+        assert hc.pilots_at(pilots, t)["final_error"].iloc[0] == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="horizon 31"):
+        hc.pilots_at(pilots, 31)
+
+
+def test_a_pilots_first_rounds_are_a_shorter_pilot(tmp_path):
+    """What the horizon refit rests on: a fixed-policy run of T rounds trains its first t rounds
+    exactly as a run of t rounds (nothing depends on T)."""
+    from tsfa.engines.local import train
+
+    base = RunConfig().replace(**{"training.local_steps": 2, "experiment.num_train": 200,
+                                  "experiment.num_test": 50, "clients.num_clients": 2,
+                                  "experiment.rank": 4, "experiment.controller": "fixed",
+                                  "experiment.rho": 0.5, "control.deadline": "none"})
+    long = train(base.replace(**{"training.rounds": 3}), out=tmp_path / "l").rounds
+    short = train(base.replace(**{"training.rounds": 2}), out=tmp_path / "s").rounds
+    cols = ["accuracy", "test_loss", "train_loss", "total_bits"]
+    pd.testing.assert_frame_equal(long[cols].head(2), short[cols])

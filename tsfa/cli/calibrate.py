@@ -170,14 +170,16 @@ def calibrate_weights_cmd(
         eps = {"bound.eps_model": "given", "bound.spectrum": synthetic_spectrum()}
     # the weights are fitted on the resolved system (LoRA sizes of the trained model)
     fit_cfg = type(stage.cfg)(stage.cfg.experiment, stage.system.replace(**eps))
-    notes = [f"pilots: {len(table)} runs, {time.perf_counter() - t0:.0f} s wall this invocation, "
-             f"load {os.getloadavg()[0]:.1f}; seeds {list(plan.seeds)}; num_test {num_test}"]
+    notes = [f"pilots: {len(table)} runs, {table['train_wall_s'].sum() / 60:.0f} minutes of "
+             f"their own round wall time, {time.perf_counter() - t0:.0f} s wall this invocation "
+             f"(cached pilots reused), load {os.getloadavg()[0]:.1f}; seeds {list(plan.seeds)}; "
+             f"num_test {num_test}"]
     try:
         cal = fit_calibration(table, fit_cfg, notes)
     except ValueError as exc:
         fail(str(exc))
     write_calibration(cal, out)
-    print_frame(table.drop(columns=["path"]), "Pilot runs (final error = 1 - mean accuracy of "
+    print_frame(table.drop(columns=["path", "train_wall_s"]), "Pilot runs (final error = 1 - mean accuracy of "
                 "the last rounds)")
     print_frame(calibration_table(cal).drop(columns=["method"]), f"Weights (phi = {cal.phi})")
     console.print(f"calibration written to {out}")

@@ -18,6 +18,7 @@ horizon) is allowed with a warning, since the weights were measured there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -216,17 +217,46 @@ def eps_keys(spec: SystemSpec) -> dict:
             "spectrum_dim": int(b.spectrum_dim), "spectrum": [float(v) for v in b.spectrum]}
 
 
+def pilots_at(pilots: pd.DataFrame, rounds: int) -> pd.DataFrame:
+    """The pilot table at horizon ``rounds`` <= the pilots' own: ``final_error`` = 1 - the mean
+    test accuracy of rounds ``rounds - LAST_ROUNDS .. rounds - 1`` of each pilot's
+    ``accuracy_curve`` (:func:`tsfa.experiments.results.final_accuracy`'s definition). A pilot
+    of T rounds trains its first t rounds as a pilot of t rounds would: nothing in a fixed-policy
+    run depends on T (docs/model.md §8b)."""
+    from tsfa.experiments.results import LAST_ROUNDS
+
+    if "accuracy_curve" not in pilots:
+        raise ValueError("pilots_at: the pilot table has no accuracy curves")
+    t = int(rounds)
+    if not 1 <= t <= int(pilots["rounds"].min()):
+        raise ValueError(f"pilots_at: horizon {t} outside 1..{int(pilots['rounds'].min())} (the "
+                         "pilots' rounds)")
+    out = pilots.copy()
+    out["final_error"] = [1.0 - float(np.mean(list(c)[max(0, t - LAST_ROUNDS):t]))
+                          for c in pilots["accuracy_curve"]]
+    out["rounds"] = t
+    return out
+
+
 def fit_calibration(pilots: pd.DataFrame, cfg, notes=()) -> HorizonCalibration:
     """Fit (H) of docs/model.md §8b to a pilot table (columns kind, rank, rho, seed,
     final_error) of the run config ``cfg`` (resolved ``[lora]``; its eps model is the one the
     rank weight is fitted against). The ratio pilots' reference is the rank pilot of their rank
-    and seed at rho = 1; the phi form of least squared error is chosen."""
+    and seed at rho = 1; the sparsification model of least leave-one-out error is chosen."""
+    ranks = pilots[pilots["kind"] == "rank"]
+    if ranks.empty:
+        raise ValueError("fit_calibration: no rank pilots")
+    ident, regime = identity_of(cfg)
+    return _fit(pilots, cfg.system, ident, regime, notes)
+
+
+def _fit(pilots: pd.DataFrame, spec: SystemSpec, ident: dict, regime: dict,
+         notes=(), forms=bd.PHI_VARIANTS) -> HorizonCalibration:
     from tsfa.control.offline import eps_of
 
     ranks = pilots[pilots["kind"] == "rank"]
     if ranks.empty:
         raise ValueError("fit_calibration: no rank pilots")
-    spec = cfg.system
     w = hz.fit_rank_weights(ranks["rank"], eps_of(spec, ranks["rank"].to_numpy()),
                             ranks["final_error"], ranks["seed"])
     ref = ranks[ranks["rho"] == 1.0].set_index(["rank", "seed"])["final_error"]
@@ -236,7 +266,7 @@ def fit_calibration(pilots: pd.DataFrame, cfg, notes=()) -> HorizonCalibration:
     if not keyed:
         raise ValueError("fit_calibration: no ratio pilot has a rank pilot of its rank and seed "
                          "at rho = 1")
-    sel = hz.select_phi_form([k[0] for k in keyed], [k[1] for k in keyed],
+    sel = hz.select_phi_form([k[0] for k in keyed], [k[1] for k in keyed], forms=tuple(forms),
                              rank=[k[2] for k in keyed])
     w["w_sparse"] = sel.w
     n_ranks = len({k[2] for k in keyed})
@@ -245,12 +275,28 @@ def fit_calibration(pilots: pd.DataFrame, cfg, notes=()) -> HorizonCalibration:
         f"least leave-one-out error over b in [0, 3] (step 0.05) of the ratio pilots at "
         f"{n_ranks} rank(s), stderr the half-width of the b within one residual variance of the "
         "least SSE" if n_ranks >= 2 else "one ratio-pilot rank: b is not identified, 0 (ratio form)")
-    ident, regime = identity_of(cfg)
     return HorizonCalibration(
         {k: w[k] for k in WEIGHTS}, sel.form,
         {f: (e.value, e.stderr, sse, loo, b) for f, (e, sse, loo, b) in sel.fits.items()},
         eps_keys(spec), ident, regime, pilots.reset_index(drop=True), list(notes),
         rank_ref=int(sel.rank_ref))
+
+
+def at_horizon(cal: HorizonCalibration, rounds: int) -> HorizonCalibration:
+    """``cal`` refitted at horizon ``rounds`` from its pilots' accuracy curves (:func:`pilots_at`,
+    same estimators; the phi form kept, since it is the controller's too), when ``rounds`` is
+    shorter than the pilots' and the file holds the curves; else ``cal`` itself (a longer horizon
+    is extrapolated: :func:`check_calibration` warns)."""
+    t, own = int(rounds), int(cal.regime.get("rounds", 0))
+    if t >= own or "accuracy_curve" not in cal.pilots or t < 1:
+        return cal
+    spec = SystemSpec().replace(**{f"bound.{k}": (tuple(v) if isinstance(v, list) else v)
+                                   for k, v in cal.eps.items()})
+    notes = [*cal.notes, f"refitted at horizon T = {t} from the pilots' accuracy curves "
+             f"(pilots of {own} rounds)"]
+    out = _fit(pilots_at(cal.pilots, t), spec, dict(cal.identity), dict(cal.regime) | {
+        "rounds": t}, notes, forms=(cal.phi,))
+    return dataclasses.replace(out, source=cal.source)
 
 
 # --------------------------------------------------------------------------- apply
@@ -275,9 +321,11 @@ def check_calibration(cal: HorizonCalibration, cfg=None, spec: SystemSpec | None
             raise CalibrationError(f"calibration made for {k} = {cal.identity.get(k)!r}, but "
                                    f"{key} = {v!r} here: calibrate this task and model "
                                    "(`tsfa calibrate-weights`)")
+    curves = "accuracy_curve" in cal.pilots
     return [f"calibration measured at {k} = {cal.regime[k]!r}, applied at {v!r}: the weights "
             "are extrapolated" for k, v in regime.items()
-            if k in cal.regime and not _same(cal.regime[k], v)]
+            if k in cal.regime and not _same(cal.regime[k], v)
+            and not (k == "rounds" and curves and int(v) <= int(cal.regime[k]))]
 
 
 def _same(a, b) -> bool:
@@ -301,6 +349,7 @@ def apply_calibration(spec: SystemSpec, cal: HorizonCalibration) -> SystemSpec:
     such that the covariance term is ``w_cov r`` and the sparsification weight ``w_sparse`` at
     this spec, and ``control.phi`` the calibrated form (the controller's too). Raises
     :class:`CalibrationError` when the bound of ``spec`` has a zero unit term."""
+    cal = at_horizon(cal, spec.training.rounds)
     cov1, gam1 = unit_terms(spec)
     if not (cov1 > 0 and gam1 > 0):
         raise CalibrationError("calibration: the spec's bound gives a zero covariance or "
@@ -347,5 +396,5 @@ def default_calibration(cfg) -> HorizonCalibration | None:
 
 __all__ = ["FORMAT", "IDENTITY_KEYS", "REGIME_KEYS", "WEIGHTS", "CalibrationError",
            "identity_of", "HorizonCalibration", "write_calibration", "read_calibration",
-           "eps_keys", "fit_calibration", "check_calibration", "unit_terms", "apply_calibration",
+           "eps_keys", "pilots_at", "fit_calibration", "at_horizon", "check_calibration", "unit_terms", "apply_calibration",
            "calibration_table", "SHIPPED", "default_calibration"]

@@ -79,7 +79,8 @@ def pilot_configs(cfg: RunConfig, plan: PilotPlan) -> list[tuple[str, int, float
 
 def pilot_table(pilots, runs) -> pd.DataFrame:
     """One row per pilot: kind, rank, rho, seed, final_error (1 - mean accuracy of the last
-    rounds, :func:`tsfa.experiments.results.final_accuracy`), final_test_loss, rounds, path."""
+    rounds, :func:`tsfa.experiments.results.final_accuracy`), final_test_loss, rounds,
+    accuracy_curve (test accuracy per round: the error at any shorter horizon), train_wall_s (the run's own round wall time, whenever it was trained), path."""
     from tsfa.experiments.results import final_accuracy
 
     rows = []
@@ -89,7 +90,11 @@ def pilot_table(pilots, runs) -> pd.DataFrame:
         rows.append({"kind": kind, "rank": r, "rho": p, "seed": s,
                      "final_error": 1.0 - final_accuracy(run.rounds),
                      "final_test_loss": final_accuracy(run.rounds, column="test_loss"),
-                     "rounds": len(run.rounds), "path": str(run.path)})
+                     "rounds": len(run.rounds),
+                     "accuracy_curve": [float(a) for a in
+                                        run.rounds.sort_values("round")["accuracy"]],
+                     "train_wall_s": float(run.rounds["wall_s"].sum()) if "wall_s" in run.rounds
+                     else float("nan"), "path": str(run.path)})
     return pd.DataFrame(rows)
 
 

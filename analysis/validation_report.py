@@ -274,7 +274,7 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
         f"{cal.value('sparse_rank_exponent'):g}**; b = 0 is the ratio form):", "",
         md_table(fits), "",
         "Pilot runs:", "",
-        md_table(cal.pilots), "",
+        md_table(cal.pilots.drop(columns=["accuracy_curve"], errors="ignore")), "",
         *[f"- {n}" for n in cal.notes], "",
         "## tsfa's J(r) per spec (test error above the floor)", "",
         md_table(jtables[["spec", "rank", "eps", "rank_term", "cov_term", "sparse_term", "J",

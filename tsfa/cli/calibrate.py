@@ -179,7 +179,8 @@ def calibrate_weights_cmd(
     except ValueError as exc:
         fail(str(exc))
     write_calibration(cal, out)
-    print_frame(table.drop(columns=["path", "train_wall_s"]), "Pilot runs (final error = 1 - mean accuracy of "
+    print_frame(table.drop(columns=["path", "train_wall_s", "accuracy_curve"]),
+                "Pilot runs (final error = 1 - mean accuracy of "
                 "the last rounds)")
     print_frame(calibration_table(cal).drop(columns=["method"]), f"Weights (phi = {cal.phi})")
     console.print(f"calibration written to {out}")

@@ -181,5 +181,6 @@ def rehash_store(store: str | Path) -> list[tuple[str, str]]:
     return moved
 
 
-__all__ = ["canonical", "NOT_TRAINED", "training_key", "config_hash", "CachedRun", "cached_train", "lookup", "run_many",
+__all__ = ["canonical", "NOT_TRAINED", "training_key", "config_hash", "CachedRun", "cached_train",
+           "lookup", "run_many",
            "rehash_store", "CONTROLLER_REVISION"]

@@ -396,5 +396,6 @@ def default_calibration(cfg) -> HorizonCalibration | None:
 
 __all__ = ["FORMAT", "IDENTITY_KEYS", "REGIME_KEYS", "WEIGHTS", "CalibrationError",
            "identity_of", "HorizonCalibration", "write_calibration", "read_calibration",
-           "eps_keys", "pilots_at", "fit_calibration", "at_horizon", "check_calibration", "unit_terms", "apply_calibration",
+           "eps_keys", "pilots_at", "fit_calibration", "at_horizon", "check_calibration",
+           "unit_terms", "apply_calibration",
            "calibration_table", "SHIPPED", "default_calibration"]

@@ -80,7 +80,8 @@ def pilot_configs(cfg: RunConfig, plan: PilotPlan) -> list[tuple[str, int, float
 def pilot_table(pilots, runs) -> pd.DataFrame:
     """One row per pilot: kind, rank, rho, seed, final_error (1 - mean accuracy of the last
     rounds, :func:`tsfa.experiments.results.final_accuracy`), final_test_loss, rounds,
-    accuracy_curve (test accuracy per round: the error at any shorter horizon), train_wall_s (the run's own round wall time, whenever it was trained), path."""
+    accuracy_curve (test accuracy per round: the error at any shorter horizon), train_wall_s
+    (the run's own round wall time, whenever it was trained), path."""
     from tsfa.experiments.results import final_accuracy
 
     rows = []

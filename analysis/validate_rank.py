@@ -209,8 +209,22 @@ def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame) -> dict:
-    """One line of the validation table: the spec, every predictor's rank and score."""
+def incomplete(acc: pd.DataFrame, candidates, seeds, first_seeds: int | None) -> bool:
+    """The sequential design is not finished: some candidate lacks one of the first seeds, or a
+    member of their best set lacks one of the later seeds (a spec still being trained)."""
+    first = list(seeds)[:first_seeds] if first_seeds else list(seeds)
+    have = acc.groupby("rank")["seed"].apply(set)
+    if any(not set(first) <= have.get(int(r), set()) for r in candidates):
+        return True
+    members = best_set(acc[acc["seed"].isin(first)])[1]
+    return any(not set(seeds) <= have.get(int(r), set()) for r in members)
+
+
+def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame,
+             design: tuple | None = None) -> dict:
+    """One line of the validation table: the spec, every predictor's rank and score.
+    ``design``: (candidates, seeds, first_seeds); a spec whose design is not finished is
+    "incomplete" and not scored."""
     row = {"spec": name, "bandwidth_hz": ch["wireless.bandwidth_total_hz"],
            "clients": ch["clients.num_clients"], "alpha": ch["clients.dirichlet_alpha"],
            "rounds": ch["training.rounds"],
@@ -219,6 +233,8 @@ def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame) -> dict:
         row[f"r_{k}"] = pred[k]
     if acc.empty:
         return row | {"status": "not run"}
+    if design is not None and incomplete(acc, *design):
+        return row | {"status": "incomplete", "seeds": int(acc.groupby("rank").size().max())}
     top, members, means, piv = best_set(acc)
     confounded = acc.groupby("rank")["deferral_share"].mean().max() > MAX_DEFERRAL
     row |= {"seeds": int(piv.count().max()), "measured_top": top, "largest_candidate": int(max(piv.columns)),
@@ -280,7 +296,8 @@ def main(argv=None) -> None:
                        only_cached, m.get("first_seeds"))
         accs.append(acc)
         tables.append(pred["table"].assign(spec=spec["name"]))
-        rows.append(spec_row(spec["name"], ch, pred, acc))
+        rows.append(spec_row(spec["name"], ch, pred, acc,
+                             (m["candidates"], seeds, m.get("first_seeds"))))
         pd.DataFrame(rows).to_csv(store / "validation_rank_specs.csv", index=False)
         pd.concat(accs).to_csv(store / "validation_rank_runs.csv", index=False)
     import validation_report as report

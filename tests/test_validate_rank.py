@@ -98,3 +98,21 @@ def test_script_runs_at_tiny_size(tmp_path):
     assert (tmp_path / "docs" / "validation" / "rank_main.png").stat().st_size > 10_000
     runs = pd.read_csv(tmp_path / "runs" / "validation_rank_runs.csv")
     assert sorted(runs["rank"].unique()) == [1, 2, 4] and sorted(runs["seed"].unique()) == [0, 1]
+
+
+def test_an_unfinished_design_is_incomplete_not_scored(vr):
+    """A spec still being trained (a candidate without one of the first seeds, or a contender
+    without a later seed) is 'incomplete', never scored on its partial runs."""
+    rows = [{"rank": r, "seed": s, "final_accuracy": 0.5 + 0.01 * r + 0.001 * s,
+             "deferral_share": 0.0, "max_latency_over_budget": 1.0}
+            for r in (1, 2, 4) for s in (0, 1, 2)]
+    acc = pd.DataFrame(rows)
+    assert not vr.incomplete(acc, [1, 2, 4], [0, 1, 2], None)
+    assert vr.incomplete(acc[acc["seed"] < 2], [1, 2, 4], [0, 1, 2], None)
+    assert vr.incomplete(acc, [1, 2, 4, 8], [0, 1, 2], None)  # rank 8 not trained yet
+    assert vr.incomplete(acc, [1, 2, 4], [0, 1, 2, 3], 3)  # the contender 4 lacks seed 3
+    ch = {"wireless.bandwidth_total_hz": 1.0, "clients.num_clients": 2,
+          "clients.dirichlet_alpha": 1.0, "training.rounds": 2, "control.latency_budget_s": [1.0]}
+    pred = {"tsfa": 4, "default_weights": 1, "largest_fit_rho1": 2, "always_8": 8}
+    row = vr.spec_row("x", ch, pred, acc, ([1, 2, 4, 8], [0, 1, 2], None))
+    assert row["status"] == "incomplete" and "hit_tsfa" not in row

@@ -265,8 +265,9 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
         "§8b). Revision history: the rank exponent b and the pilots up to rank 32 came after "
         "'very tight budget' was missed, the horizon refit after 'short horizon' was missed; "
         "those two specs and 'tight budget, short' were measured before the revisions and so "
-        "no longer test them out of sample. 'fewer clients', 'wide band, short' and 'non-IID' "
-        "were added or measured after both revisions were fixed (out of sample).",
+        "no longer test them out of sample. 'fewer clients', 'wide band, short', 'very short "
+        "horizon' and 'non-IID' were added or measured after both revisions were fixed (out of "
+        "sample).",
         "- Measured best set: the candidates whose paired 95% t-interval of the difference to the "
         "highest-mean candidate contains 0. A hit: the predictor's rank is in the best set and "
         f"the set holds fewer than {3} candidates (else the spec is unresolved: a miss). A spec "

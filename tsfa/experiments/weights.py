@@ -12,8 +12,8 @@ short federated runs of the user's own run config (the trainer tsfa runs, not a 
 
 :func:`pilot_configs` builds them (run through :func:`tsfa.experiments.cache.run_many`, so a
 pilot is never trained twice); :func:`pilot_table` reads their final errors back and
-:func:`tsfa.maths.horizon.fit_weights` fits the weights (:mod:`tsfa.experiments.horizon_file`
-writes them with their identity and provenance).
+:func:`tsfa.experiments.horizon.fit_calibration` fits the weights with the estimators of
+:mod:`tsfa.maths.horizon` and keeps them with their identity and provenance.
 """
 
 from __future__ import annotations

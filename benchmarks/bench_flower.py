@@ -5,7 +5,8 @@ the same experiment (embedded task, SOFT + TSFA controller, seed 0) once on each
 checks that the per-round metrics agree, and prints both wall times and their ratio, end to end
 (Ray start-up, actor start-up and per-actor task build included) and per round (median of the
 rounds after the first, from the engines' own `wall_s`). Needs `pip install "tsfa[flower]"`.
-`--smoke` (the test suite's check) shrinks the run: 2 clients, 2 rounds, 300 training and 100
+`--out DIR` keeps the Flower run's folder. `--smoke` (the test suite's check: the tables of both
+engines equal to the bit) shrinks the run: 2 clients, 2 rounds, 300 training and 100
 test samples, 2 local steps of b = 16 (``SMOKE``); Ray's start-up still takes its ~20 s.
 """
 
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs given to Ray (1 per actor)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in the driver (the Ray actors run 1 each)")
+    ap.add_argument("--out", default=None,
+                    help="folder for the Flower run's tables (config.toml, rounds.csv, ...)")
     ap.add_argument("--smoke", action="store_true",
                     help="a small run for the test suite: " + ", ".join(
                         f"{k} = {v}" for k, v in SMOKE.items()) + " (overrides --rounds, --clients)")
@@ -49,7 +52,7 @@ def main() -> None:
     local = train(cfg, clients="sequential")  # the pool the Flower clients match
     local_s = time.perf_counter() - t
     t = time.perf_counter()
-    flower = train_flower(cfg, num_cpus=args.num_cpus, client_cpus=1)
+    flower = train_flower(cfg, out=args.out, num_cpus=args.num_cpus, client_cpus=1)
     flower_s = time.perf_counter() - t
     cols = ["accuracy", "test_loss", "mean_rho", "total_bits", "mean_queue_s"]
     diff = float(np.max(np.abs(local.rounds[cols].to_numpy() - flower.rounds[cols].to_numpy())))
@@ -59,6 +62,10 @@ def main() -> None:
           f"Ray num_cpus = {args.num_cpus}, 1 CPU per ClientApp actor; torch threads in the "
           f"driver = {torch.get_num_threads()}; load average before: {load}")
     print(f"max |metric difference| (accuracy, loss, rho, bits, queue): {diff:.3g}")
+    # every column of both tables, to the bit (Flower alone logs each reply's serialised size)
+    exact = local.rounds.drop(columns="wall_s").equals(flower.rounds.drop(columns="wall_s")) and \
+        local.clients.equals(flower.clients.drop(columns="message_bytes"))
+    print(f"rounds and clients tables equal to the bit: {exact}")
     print("| engine | end to end s | median round s (rounds 2..T) |")
     print("|---|---:|---:|")
     print(f"| in-process | {local_s:.2f} | {per_round_local:.3f} |")

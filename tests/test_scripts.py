@@ -86,9 +86,22 @@ def check_trainer(r: Run) -> None:
 
 
 def check_flower(r: Run) -> None:
+    """The Flower engine against the in-process one (this smoke is the suite's equality test of
+    the simulation engine): SOFT + TSFA, same substreams, 1 torch thread, every column of the
+    rounds and clients tables equal to the bit; the run's folder written; every reply at least
+    as large as its payload."""
     m = re.search(r"max \|metric difference\| \(.*\): (\S+)", r.out)
-    assert m and float(m.group(1)) < 1e-5  # same substreams, 1 torch thread: equal metrics
+    assert m and float(m.group(1)) == 0.0
+    assert "rounds and clients tables equal to the bit: True" in r.out
     assert "| Flower (Ray) |" in r.out and "| in-process |" in r.out
+    out = r.tmp / "flower"
+    for name in ("config.toml", "metadata.json", "rounds.csv", "clients.csv", "partition.csv",
+                 "rank_table.csv"):
+        assert (out / name).exists(), name
+    cl = pd.read_csv(out / "clients.csv")
+    sent = cl[cl["bits"] > 0]
+    assert len(sent) and (8 * sent["message_bytes"] >= sent["bits"]).all()
+    assert len(pd.read_csv(out / "rounds.csv")) == 2
 
 
 def check_deployment(r: Run) -> None:
@@ -156,7 +169,8 @@ SMOKE: dict[str, Smoke] = {
                                                  "--threads", "1"), check_soft_selection),
     "benchmarks/bench_trainer.py": Smoke(("--smoke", "--devices", "cpu", "--threads", "1"),
                                          check_trainer, slow=True),
-    "benchmarks/bench_flower.py": Smoke(("--smoke", "--num-cpus", "1"), check_flower, slow=True,
+    "benchmarks/bench_flower.py": Smoke(("--smoke", "--num-cpus", "1", "--out", "{tmp}/flower"),
+                                        check_flower, slow=True,
                                         needs=("flwr", "ray")),
     "benchmarks/bench_deployment.py": Smoke(("--smoke", "--workdir", "{tmp}/deploy"),
                                             check_deployment, slow=True,

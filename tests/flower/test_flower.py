@@ -9,8 +9,6 @@ order of local training changes (relative differences ~1e-6; see docs/flower.md)
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -22,7 +20,7 @@ from tsfa.config.experiment import RunConfig  # noqa: E402
 from tsfa.engines.flower import records  # noqa: E402
 from tsfa.engines.flower.client_app import _CLIENTS, client_for, client_round  # noqa: E402
 from tsfa.engines.flower.settings import out_from_flower, run_config_from_flower  # noqa: E402
-from tsfa.engines.local import LocalEngine, train  # noqa: E402
+from tsfa.engines.local import LocalEngine  # noqa: E402
 from tsfa.fl.client import Client, ClientTask  # noqa: E402
 
 pytestmark = [pytest.mark.flower, pytest.mark.usefixtures("one_thread")]
@@ -114,26 +112,8 @@ def test_run_config_from_flower_applies_dotted_keys():
         run_config_from_flower({"rounds": 3})
 
 
-@pytest.mark.slow
-def test_flower_engine_matches_in_process_engine(tmp_path):
-    """3 simulated clients, 2 rounds, SOFT + TSFA controller: identical metrics per round and
-    per client (decisions, bits, latencies, queues, accuracy, covariance, ...)."""
-    from tsfa.engines.flower import train_flower
-
-    cfg = tiny()
-    local = train(cfg, clients="sequential")
-    flower = train_flower(cfg, out=tmp_path / "flower", num_cpus=2, client_cpus=1)
-    pd.testing.assert_frame_equal(local.rounds.drop(columns="wall_s"),
-                                  flower.rounds.drop(columns="wall_s"), check_exact=True)
-    # Flower also logs each reply's serialised size, which the in-process engine does not have
-    pd.testing.assert_frame_equal(local.clients, flower.clients.drop(columns="message_bytes"),
-                                  check_exact=True)
-    sent = flower.clients[flower.clients["bits"] > 0]
-    assert (8 * sent["message_bytes"] >= sent["bits"]).all()
-    assert len(flower.rounds) == 2 and np.all(flower.rounds["mean_queue_s"] >= 0)
-    for name in ("config.toml", "metadata.json", "rounds.csv", "clients.csv", "partition.csv",
-                 "rank_table.csv"):
-        assert (tmp_path / "flower" / name).exists()
+# The simulation engine against the in-process one, table for table to the bit, is the smoke run
+# of benchmarks/bench_flower.py (tests/test_scripts.py, check_flower): one Ray start serves both.
 
 
 def test_client_memories_survive_a_new_run_through_the_state_dir(tmp_path):

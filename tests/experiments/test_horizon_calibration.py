@@ -247,3 +247,21 @@ def test_a_pilots_first_rounds_are_a_shorter_pilot(tmp_path):
     short = train(base.replace(**{"training.rounds": 2}), out=tmp_path / "s").rounds
     cols = ["accuracy", "test_loss", "train_loss", "total_bits"]
     pd.testing.assert_frame_equal(long[cols].head(2), short[cols])
+
+
+def test_pilots_do_not_read_V_or_the_budget(tmp_path):
+    """A pilot (fixed policy, no deadline) trains alike whatever V and the latency budget: the
+    shipped calibration's pilots, trained under V = 0.1 and a frozen budget, are the pilots of
+    today's default (docs/model.md §8b)."""
+    from tsfa.engines.local import train
+    from tsfa.experiments.weights import PilotPlan, pilot_configs
+
+    base = RunConfig().replace(**{"training.local_steps": 2, "experiment.num_train": 200,
+                                  "experiment.num_test": 50, "clients.num_clients": 2,
+                                  "training.rounds": 2})
+    (_, _, _, _, a), = pilot_configs(base, PilotPlan((1, 2, 4), (0.5,), (4,), (0,), 50))[3:4]
+    b = a.replace(**{"control.V": 0.1, "control.latency_budget_s": [9.0, 7.5]})
+    ra = train(a, out=tmp_path / "a").rounds
+    rb = train(b, out=tmp_path / "b").rounds
+    cols = ["accuracy", "test_loss", "train_loss", "total_bits", "mean_rho", "senders"]
+    pd.testing.assert_frame_equal(ra[cols], rb[cols])

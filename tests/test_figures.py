@@ -185,3 +185,27 @@ def test_config_hash_ignores_comments_and_rehash_moves_old_keys(tmp_path):
     assert load_run_config(tmp_path / config_hash(cfg) / "config.toml") == cfg
     assert config_hash(cfg) != config_hash(cfg.replace(**{"experiment.rho": 0.5}))
 
+
+
+def test_a_cached_run_resumes_after_a_recalibration(tmp_path):
+    """An unfinished cached run whose saved config differs from the request in J's constants
+    alone resumes with its own config; a key added to tsfa since (absent from the saved file, at
+    its default) is no difference; any other change is still refused, naming the key."""
+    from tsfa.config.experiment import RunConfig
+    from tsfa.experiments.cache import resume_config
+    from tsfa.experiments.results import check_same_config
+
+    cfg = RunConfig().replace(**{"bound.c5": 0.3})
+    text = "\n".join(ln for ln in cfg.to_toml().splitlines()
+                     if not ln.startswith("sparse_rank_exponent"))  # saved by an older tsfa
+    (tmp_path / "config.toml").write_text(text + "\n")
+    request = cfg.replace(**{"bound.c5": 0.5, "bound.c4": 2.0})
+    own = resume_config(request, tmp_path)
+    assert own.system.bound.c5 == 0.3
+    check_same_config(tmp_path, own.to_toml())
+    with pytest.raises(ValueError, match="bound.c5"):
+        check_same_config(tmp_path, request.to_toml())
+    other = cfg.replace(**{"experiment.rank": 3})
+    assert resume_config(other, tmp_path) is other
+    with pytest.raises(ValueError, match="experiment.rank"):
+        check_same_config(tmp_path, other.to_toml())

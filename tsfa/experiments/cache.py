@@ -104,7 +104,24 @@ def _train(train, cfg: RunConfig, path: Path, options: dict, threads: int | None
         from tsfa.fl.device import set_threads
 
         set_threads(threads)
-    train(cfg, out=path, resume=(path / CHECKPOINT).is_file(), **options)
+    resume = (path / CHECKPOINT).is_file()
+    if resume:
+        cfg = resume_config(cfg, path)
+    train(cfg, out=path, resume=resume, **options)
+
+
+def resume_config(cfg: RunConfig, path: Path) -> RunConfig:
+    """The config to resume the unfinished run in ``path`` with: its own saved config when it
+    differs from ``cfg`` only in tables no trained quantity reads (:data:`NOT_TRAINED`, e.g. J's
+    constants after a recalibration), so the run continues as it started; else ``cfg`` (the
+    trainer's resume check then names any other difference)."""
+    from tsfa.config.experiment import load_run_config
+
+    saved = path / "config.toml"
+    if not saved.is_file():
+        return cfg
+    own = load_run_config(saved)
+    return own if training_key(own) == training_key(cfg) else cfg
 
 
 def _read(path: Path, reused: bool, keep_checkpoint: bool) -> CachedRun:
@@ -182,5 +199,5 @@ def rehash_store(store: str | Path) -> list[tuple[str, str]]:
 
 
 __all__ = ["canonical", "NOT_TRAINED", "training_key", "config_hash", "CachedRun", "cached_train",
-           "lookup", "run_many",
+           "lookup", "run_many", "resume_config",
            "rehash_store", "CONTROLLER_REVISION"]

@@ -129,11 +129,18 @@ _MISSING = object()
 
 def check_same_config(out: str | Path, config_toml: str) -> None:
     """Raise ValueError naming the differing keys when ``out/config.toml`` is not ``config_toml``
-    (a run may only be resumed with the config it was started with)."""
+    (a run may only be resumed with the config it was started with). The saved file is read
+    through the config schema, so a key added to tsfa since, at its default, is no difference."""
     saved = Path(out) / "config.toml"
     if not saved.is_file():
         raise ValueError(f"{saved} not found: nothing to resume (start without --resume)")
-    diff = config_differences(saved.read_text(encoding="utf-8"), config_toml)
+    from tsfa.config.experiment import load_run_config
+
+    try:  # read through the schema: a key added since, at its default, is no difference
+        saved_toml = load_run_config(saved).to_toml()
+    except (ValueError, OSError):
+        saved_toml = saved.read_text(encoding="utf-8")
+    diff = config_differences(saved_toml, config_toml)
     if diff:
         shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
         raise ValueError(f"--resume: the config differs from the one saved in {saved} in {shown}; "

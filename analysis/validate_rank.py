@@ -159,17 +159,25 @@ def predictions(stage, cal, plain, ch: dict, candidates) -> dict:
 def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only,
              first_seeds: int | None = None) -> pd.DataFrame:
     """Per-run rows of one spec (trained unless cached or ``report_only``). Sequential design:
-    every candidate at the first ``first_seeds`` seeds, then the remaining seeds only for the
-    candidates in the best set of those (more seeds where the gaps are small)."""
+    every candidate at the first ``first_seeds`` seeds, then the remaining seeds for the
+    candidates in the best set, recomputed after each addition until every member has every
+    seed (a candidate that joins the set when the top changes gets its seeds too)."""
     first = list(seeds) if first_seeds is None else list(seeds)[:first_seeds]
     rows = _measure(name, cfg, [(r, s) for s in first for r in candidates], store, jobs,
                     report_only)
     rest = [s for s in seeds if s not in first]
-    if rest:
-        members = candidates if report_only or rows.empty else best_set(rows)[1]
-        more = _measure(name, cfg, [(r, s) for s in rest for r in candidates if r in members],
-                        store, jobs, report_only)
-        rows = pd.concat([rows, more], ignore_index=True)
+    if not rest:
+        return rows
+    if report_only:  # whatever the cache holds of the later seeds
+        more = _measure(name, cfg, [(r, s) for s in rest for r in candidates], store, jobs, True)
+        return pd.concat([rows, more], ignore_index=True)
+    while not rows.empty:  # until every member of the best set has every seed
+        have = rows.groupby("rank")["seed"].apply(set)
+        todo = [(r, s) for s in rest for r in best_set(rows)[1] if s not in have.get(r, set())]
+        if not todo:
+            break
+        rows = pd.concat([rows, _measure(name, cfg, todo, store, jobs, False)],
+                         ignore_index=True)
     return rows
 
 
@@ -210,14 +218,14 @@ def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
 
 
 def incomplete(acc: pd.DataFrame, candidates, seeds, first_seeds: int | None) -> bool:
-    """The sequential design is not finished: some candidate lacks one of the first seeds, or a
-    member of their best set lacks one of the later seeds (a spec still being trained)."""
+    """The sequential design (:func:`run_rows`) is not finished: some candidate lacks one of the
+    first seeds, or a member of the best set lacks one of the seeds (a spec still being
+    trained)."""
     first = list(seeds)[:first_seeds] if first_seeds else list(seeds)
     have = acc.groupby("rank")["seed"].apply(set)
     if any(not set(first) <= have.get(int(r), set()) for r in candidates):
         return True
-    members = best_set(acc[acc["seed"].isin(first)])[1]
-    return any(not set(seeds) <= have.get(int(r), set()) for r in members)
+    return any(not set(seeds) <= have.get(int(r), set()) for r in best_set(acc)[1])
 
 
 def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame,

@@ -116,3 +116,24 @@ def test_an_unfinished_design_is_incomplete_not_scored(vr):
     pred = {"tsfa": 4, "default_weights": 1, "largest_fit_rho1": 2, "always_8": 8}
     row = vr.spec_row("x", ch, pred, acc, ([1, 2, 4, 8], [0, 1, 2], None))
     assert row["status"] == "incomplete" and "hit_tsfa" not in row
+
+
+def test_sequential_design_gives_seeds_to_every_member(vr, monkeypatch):
+    """A candidate that joins the best set once more seeds move the top gets the seeds too."""
+    truth = {1: [0.10, 0.12, 0.08, 0.10, 0.10], 2: [0.50, 0.52, 0.48, 0.50, 0.51],
+             4: [0.60, 0.40, 0.55, 0.35, 0.45]}
+    asked = []
+
+    def fake(name, cfg, pairs, store, jobs, report_only):
+        asked.extend(pairs)
+        return pd.DataFrame([{"rank": r, "seed": s, "final_accuracy": truth[r][s],
+                              "deferral_share": 0.0, "max_latency_over_budget": 1.0}
+                             for r, s in pairs])
+
+    monkeypatch.setattr(vr, "_measure", fake)
+    rows = vr.run_rows("x", None, [1, 2, 4], [0, 1, 2, 3, 4], None, 1, False, 3)
+    assert not vr.incomplete(rows, [1, 2, 4], [0, 1, 2, 3, 4], 3)
+    members = vr.best_set(rows)[1]
+    have = rows.groupby("rank")["seed"].apply(set)
+    assert all(have[r] == {0, 1, 2, 3, 4} for r in members)
+    assert (1, 3) not in asked and len(asked) == len(set(asked))  # no loser, no run twice

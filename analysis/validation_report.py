@@ -256,18 +256,19 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
         f"(`{Path(cal.source).name}`, `tsfa calibrate-weights`, docs/model.md §8b), measured on "
         "the main job's system only; no held-out spec enters it.",
         f"- Candidates {m['candidates']}; seeds {m['seeds']} (paired), sequentially: every "
-        f"candidate at the first {m.get('first_seeds', len(m['seeds']))}, the rest only for the "
-        "candidates in the best set of those; SOFT + TSFA controller; "
+        f"candidate at the first {m.get('first_seeds', len(m['seeds']))}, the rest (a spec may "
+        "ask for more) for every member of the best set, recomputed after each addition until "
+        "every member has every seed; SOFT + TSFA controller; "
         f"{conf.get('run', {}).get('experiment.num_test', '')} test samples; final accuracy = "
         "mean of the last rounds.",
         "- Weights at each spec's horizon: the calibration is refitted from its pilots' accuracy "
         "curves at the spec's T when that is shorter than the pilots' 100 rounds (docs/model.md "
         "§8b). Revision history: the rank exponent b and the pilots up to rank 32 came after "
-        "'very tight budget' was missed, the horizon refit after 'short horizon' was missed; "
-        "those two specs and 'tight budget, short' were measured before the revisions and so "
-        "no longer test them out of sample. 'fewer clients', 'wide band, short', 'very short "
-        "horizon' and 'non-IID' were added or measured after both revisions were fixed (out of "
-        "sample).",
+        "'very tight budget' was missed, the horizon refit after 'short horizon' was missed. "
+        "'short horizon', 'tight budget, short', 'very tight budget' and 'wide band' were "
+        "measured before the revisions, so they no longer test them out of sample; 'fewer "
+        "clients', 'wide band, short', 'very short horizon' and 'non-IID' were measured after "
+        "both revisions were fixed (out of sample).",
         "- Measured best set: the candidates whose paired 95% t-interval of the difference to the "
         "highest-mean candidate contains 0. A hit: the predictor's rank is in the best set and "
         f"the set holds fewer than {3} candidates (else the spec is unresolved: a miss). A spec "
@@ -315,7 +316,7 @@ def render_rank_horizon(a, conf, cal, table, acc, jtables, cost) -> str:
               "## Verdict (computed from the table)", "",
               *horizon_verdicts(table, len(conf.get("heldout", []))), "",
               "## Not measured here", "",
-              *[f"- {r['spec']}: no runs yet; `python analysis/validate_rank.py --size main "
+              *[f"- {r['spec']}: no finished runs yet; `python analysis/validate_rank.py --size main "
                 "--jobs 2` trains them (about 5 CPU-minutes per run at one thread)."
                 for _, r in table.iterrows() if r.get("status", "not run") == "not run"],
               *[f"- {r['spec']}: incomplete (its sequential design is not finished; at most "

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from tsfa.experiments.paired import t_interval
 from tsfa.experiments.results import final_accuracy
 
 KEYS = ["task", "rank", "policy", "reading", "budget"]
@@ -41,16 +41,6 @@ def summarise(rounds: pd.DataFrame, clients: pd.DataFrame, cell: dict, seed: int
             "mean_budget_s": float(clients["budget_s"].mean()),
             "final_cov_fro": float(rounds["cov_fro"].iloc[-1]),
             "rounds": int(len(rounds)), "wall_s": float(rounds["wall_s"].sum())}
-
-
-def t_interval(x) -> tuple[float, float, float]:
-    """(mean, low, high): the 95% Student-t interval of the mean of ``x`` (NaN below 2 values)."""
-    x = np.asarray(x, dtype=float)
-    m = float(x.mean()) if len(x) else float("nan")
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    h = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - h, m + h
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:

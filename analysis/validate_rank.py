@@ -41,7 +41,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CONFIDENCE = 0.95
+from tsfa.experiments.paired import CONFIDENCE, t_interval  # noqa: E402
+from tsfa.experiments.paired import best_set as _best_set  # noqa: E402
+
 MAX_DEFERRAL = 0.10
 UNRESOLVED_AT = 3  # a best set of this many candidates or more is unresolved
 
@@ -51,35 +53,10 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- statistics
-def t_interval(diff, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t interval of paired differences (nan width if n < 2)."""
-    from scipy import stats
-
-    d = np.asarray(diff, float)
-    m = float(d.mean())
-    if len(d) < 2:
-        return m, math.nan, math.nan
-    h = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-    return m, m - h, m + h
-
-
-def best_set(acc: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, list[int],
-                                                                          pd.Series, pd.DataFrame]:
-    """(top rank, the measured best set, mean accuracy per rank over its own seeds, the seed x
-    rank table) from per-run rows (rank, seed, final_accuracy). The top rank is the highest mean
-    over the seeds common to the ranks with the most seeds (a sequential design adds seeds to the
-    contenders only); a rank is in the best set when its paired t-interval to the top, over the
-    seeds they share, contains 0."""
-    piv = acc.pivot(index="seed", columns="rank", values="final_accuracy")
-    counts = piv.count()
-    full = piv[counts[counts == counts.max()].index].dropna()
-    top = int(full.mean().idxmax())
-    members = []
-    for r in piv.columns:
-        d = (piv[top] - piv[r]).dropna()
-        if r == top or (len(d) and not t_interval(d, confidence)[1] > 0):
-            members.append(int(r))
-    return top, members, piv.mean(), piv
+def best_set(acc: pd.DataFrame, confidence: float = CONFIDENCE):
+    """:func:`tsfa.experiments.paired.best_set` over ranks (ints)."""
+    top, members, means, piv = _best_set(acc, confidence)
+    return int(top), [int(r) for r in members], means, piv
 
 
 def score(rank: int, acc: pd.DataFrame, confidence: float = CONFIDENCE) -> dict:
@@ -156,29 +133,64 @@ def predictions(stage, cal, plain, ch: dict, candidates) -> dict:
 
 
 # --------------------------------------------------------------------------- measurement
+def target_seeds(rows: pd.DataFrame, seeds, ladder=(), confidence: float = CONFIDENCE) -> list[int]:
+    """The seeds every member of the best set is measured at: ``seeds``, or more where more would
+    likely resolve the set. A power projection: for the first count ``n`` of ``ladder`` above the
+    top's own count at which some member's observed paired gap to the top exceeds the projected
+    half-width t_{n-1} sd / sqrt(n), the set gets ``n`` seeds (the base seeds, then the next
+    integers). The rule reads the gaps, never the predictors, so it treats every spec alike; it is
+    an adaptive design, so its intervals are nominal."""
+    from scipy import stats
+
+    seeds = [int(s) for s in seeds]
+    top, members, _, piv = best_set(rows, confidence)
+    if any(not set(seeds) <= set(piv[r].dropna().index) for r in members):
+        return seeds  # the base design first: the projection reads complete pairs only
+    have = int(piv[top].count())
+    for n in sorted(int(k) for k in ladder if int(k) > max(have, len(seeds))):
+        if len(members) < 2:
+            break
+        for r in members:
+            d = (piv[top] - piv[r]).dropna()
+            if r == top or len(d) < 2:
+                continue
+            hw = stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n)
+            if abs(d.mean()) > hw:
+                return seeds + list(range(max(seeds) + 1, max(seeds) + 1 + n - len(seeds)))
+    return seeds if have <= len(seeds) else sorted(set(seeds) | set(piv[top].dropna().index))
+
+
 def run_rows(name: str, cfg, candidates, seeds, store, jobs, report_only,
-             first_seeds: int | None = None) -> pd.DataFrame:
+             first_seeds: int | None = None, ladder=()) -> pd.DataFrame:
     """Per-run rows of one spec (trained unless cached or ``report_only``). Sequential design:
     every candidate at the first ``first_seeds`` seeds, then the remaining seeds for the
     candidates in the best set, recomputed after each addition until every member has every
-    seed (a candidate that joins the set when the top changes gets its seeds too)."""
+    seed (a candidate that joins the set when the top changes gets its seeds too); then, where
+    :func:`target_seeds` projects that more seeds resolve the set, the counts of ``ladder``."""
     first = list(seeds) if first_seeds is None else list(seeds)[:first_seeds]
     rows = _measure(name, cfg, [(r, s) for s in first for r in candidates], store, jobs,
                     report_only)
     rest = [s for s in seeds if s not in first]
-    if not rest:
+    if not rest and not ladder:
         return rows
     if report_only:  # whatever the cache holds of the later seeds
-        more = _measure(name, cfg, [(r, s) for s in rest for r in candidates], store, jobs, True)
+        most = max([len(seeds), *ladder])
+        later = [s for s in range(max(seeds) + 1 + most) if s not in first]
+        more = _measure(name, cfg, [(r, s) for s in later for r in candidates], store, jobs, True)
         return pd.concat([rows, more], ignore_index=True)
     while not rows.empty:  # until every member of the best set has every seed
-        have = rows.groupby("rank")["seed"].apply(set)
-        todo = [(r, s) for s in rest for r in best_set(rows)[1] if s not in have.get(r, set())]
+        todo = _missing(rows, target_seeds(rows, seeds, ladder))
         if not todo:
             break
         rows = pd.concat([rows, _measure(name, cfg, todo, store, jobs, False)],
                          ignore_index=True)
     return rows
+
+
+def _missing(rows: pd.DataFrame, seeds) -> list[tuple[int, int]]:
+    """(rank, seed) pairs that the best set's members lack of ``seeds``."""
+    have = rows.groupby("rank")["seed"].apply(set)
+    return [(r, s) for s in seeds for r in best_set(rows)[1] if s not in have.get(r, set())]
 
 
 def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
@@ -217,21 +229,22 @@ def _measure(name: str, cfg, pairs, store, jobs, report_only) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def incomplete(acc: pd.DataFrame, candidates, seeds, first_seeds: int | None) -> bool:
+def incomplete(acc: pd.DataFrame, candidates, seeds, first_seeds: int | None,
+               ladder=()) -> bool:
     """The sequential design (:func:`run_rows`) is not finished: some candidate lacks one of the
-    first seeds, or a member of the best set lacks one of the seeds (a spec still being
+    first seeds, or a member of the best set lacks one of the seeds it is due (a spec still being
     trained)."""
     first = list(seeds)[:first_seeds] if first_seeds else list(seeds)
     have = acc.groupby("rank")["seed"].apply(set)
     if any(not set(first) <= have.get(int(r), set()) for r in candidates):
         return True
-    return any(not set(seeds) <= have.get(int(r), set()) for r in best_set(acc)[1])
+    return bool(_missing(acc, target_seeds(acc, seeds, ladder)))
 
 
 def spec_row(name: str, ch: dict, pred: dict, acc: pd.DataFrame,
              design: tuple | None = None) -> dict:
     """One line of the validation table: the spec, every predictor's rank and score.
-    ``design``: (candidates, seeds, first_seeds); a spec whose design is not finished is
+    ``design``: (candidates, seeds, first_seeds, ladder); a spec whose design is not finished is
     "incomplete" and not scored."""
     row = {"spec": name, "bandwidth_hz": ch["wireless.bandwidth_total_hz"],
            "clients": ch["clients.num_clients"], "alpha": ch["clients.dirichlet_alpha"],
@@ -300,12 +313,13 @@ def main(argv=None) -> None:
         # a spec may ask for more seeds at the main size (its gaps are small): the extra seeds
         # go to the contenders only (the sequential design of run_rows)
         seeds = spec.get("seeds", m["seeds"]) if a.size == "main" else m["seeds"]
+        ladder = tuple(m.get("seed_ladder", ()))
         acc = run_rows(spec["name"], pred["cfg"], m["candidates"], seeds, store, a.jobs,
-                       only_cached, m.get("first_seeds"))
+                       only_cached, m.get("first_seeds"), ladder)
         accs.append(acc)
         tables.append(pred["table"].assign(spec=spec["name"]))
         rows.append(spec_row(spec["name"], ch, pred, acc,
-                             (m["candidates"], seeds, m.get("first_seeds"))))
+                             (m["candidates"], seeds, m.get("first_seeds"), ladder)))
         pd.DataFrame(rows).to_csv(store / "validation_rank_specs.csv", index=False)
         pd.concat(accs).to_csv(store / "validation_rank_runs.csv", index=False)
     import validation_report as report

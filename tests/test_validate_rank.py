@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -137,3 +138,36 @@ def test_sequential_design_gives_seeds_to_every_member(vr, monkeypatch):
     have = rows.groupby("rank")["seed"].apply(set)
     assert all(have[r] == {0, 1, 2, 3, 4} for r in members)
     assert (1, 3) not in asked and len(asked) == len(set(asked))  # no loser, no run twice
+
+
+def test_more_seeds_only_where_the_projection_says_they_resolve(vr, monkeypatch):
+    """The seed ladder extends the best set when its observed gap exceeds the projected paired
+    half-width at the next count, never before the base seeds are in, and never for a gap of 0."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.01, 20)
+
+    def rows(gap, n):
+        return pd.DataFrame([{"rank": r, "seed": s, "final_accuracy": 0.5 + noise[s]
+                              + (gap if r == 16 else 0.0) + (0.004 * (-1) ** s if r == 8 else 0.0),
+                              "deferral_share": 0.0, "max_latency_over_budget": 1.0}
+                             for r in (8, 16) for s in range(n)])
+
+    base = [0, 1, 2, 3, 4]
+    # a gap of 0.4 points, paired sd 0.4: unresolved at 5 seeds, projected to resolve at 10
+    assert len(vr.best_set(rows(0.004, 5))[1]) == 2
+    assert vr.target_seeds(rows(0.004, 5), base, (10, 20)) == list(range(10))
+    assert vr.target_seeds(rows(0.004, 3), base, (10, 20)) == base  # base design first
+    assert vr.target_seeds(rows(0.0, 5), base, (10, 20)) == base  # no gap: no seeds spent
+    assert vr.target_seeds(rows(0.004, 5), base, ()) == base  # no ladder: the old design
+    asked = []
+
+    def fake(name, cfg, pairs, store, jobs, report_only):
+        asked.extend(pairs)
+        return rows(0.004, 20).merge(pd.DataFrame(pairs, columns=["rank", "seed"]))
+
+    monkeypatch.setattr(vr, "_measure", fake)
+    got = vr.run_rows("x", None, [8, 16], base, None, 1, False, 3, (10, 20))
+    assert not vr.incomplete(got, [8, 16], base, 3, (10, 20))
+    assert vr.incomplete(got[got["seed"] < 7], [8, 16], base, 3, (10, 20))
+    assert got.groupby("rank")["seed"].nunique().min() >= 10
+    assert len(asked) == len(set(asked))

@@ -209,3 +209,71 @@ def test_a_cached_run_resumes_after_a_recalibration(tmp_path):
     assert resume_config(other, tmp_path) is other
     with pytest.raises(ValueError, match="experiment.rank"):
         check_same_config(tmp_path, other.to_toml())
+
+
+def test_fig1_marks_r_star_and_the_measured_best_set(figdir):
+    """The best set is recomputed here from the per-seed columns with the paired t-interval."""
+    from tsfa.experiments.paired import best_set
+
+    t = csv(figdir, "fig1_rank").dropna(subset=["final_accuracy"])
+    seeds = analysis_config("base", "tiny")["seeds"]["seeds"]
+    per_seed = t.melt(id_vars="rank", value_vars=[f"acc_seed{s}" for s in seeds],
+                      var_name="seed", value_name="acc").rename(columns={"acc": "final_accuracy"})
+    members = set(int(r) for r in best_set(per_seed)[1])
+    assert set(t.loc[t["in_best_set"], "rank"].astype(int)) == members
+    assert t["r_star"].nunique() == 1
+
+
+def test_png_carries_its_csv_and_runs(figdir, tmp_path):
+    """Each PNG holds the SHA-256 of the CSV written beside it and the digest of its runs;
+    regenerating a figure from the cache (two jobs: nothing left to train) gives the same runs
+    and the same CSV."""
+    from tsfa.reporting.figures import png_provenance
+
+    for name in FIGURES:
+        meta = png_provenance(figdir / f"{name}.png")
+        assert meta["tsfa-csv-sha256"] == hashlib.sha256(
+            (figdir / f"{name}.csv").read_bytes()).hexdigest(), name
+        assert (meta["tsfa-runs"] == "") == (name in ("fig5_control_v", "fig7_client_compute"))
+    logs = []
+    make_figure("fig4_fixed_rho", tmp_path, "tiny", store=figdir / "runs", log=logs.append,
+                train=train, jobs=2)
+    assert not [m for m in logs if "runs trained" in m or m.startswith("train")]
+    again = png_provenance(tmp_path / "fig4_fixed_rho.png")
+    assert again["tsfa-runs"] == png_provenance(figdir / "fig4_fixed_rho.png")["tsfa-runs"]
+    assert (tmp_path / "fig4_fixed_rho.csv").read_bytes() == (
+        figdir / "fig4_fixed_rho.csv").read_bytes()
+
+
+def test_shipped_figures_match_their_csvs():
+    """docs/figures/: every shipped PNG's CSV digest is the CSV shipped beside it."""
+    from pathlib import Path
+
+    from tsfa.reporting.figures import png_provenance
+
+    shipped = Path(__file__).resolve().parents[1] / "docs" / "figures"
+    pngs = sorted(shipped.glob("fig*.png"))
+    assert len(pngs) == len(FIGURES)
+    for png in pngs:
+        csv_path = png.with_suffix(".csv")
+        assert png_provenance(png)["tsfa-csv-sha256"] == hashlib.sha256(
+            csv_path.read_bytes()).hexdigest(), png.name
+
+
+def test_verdicts_read_every_csv_and_can_reject(figdir):
+    """Every figure gets a verdict from its CSV; fig. 1's is rejected when r* lies outside the
+    best set, accepted when inside, unresolved with 3 members."""
+    from tsfa.reporting.figures.verdicts import fig1, verdicts
+
+    v = verdicts(figdir)
+    assert list(v["figure"]) == list(FIGURES)
+    assert set(v["verdict"]) <= {"accepted", "rejected", "unresolved", "partly rejected", "mixed"}
+    assert (figdir / "verdicts.md").read_text().count("| fig") == len(FIGURES)
+    t = pd.DataFrame({"rank": [2, 4, 8], "final_accuracy": [0.30, 0.50, 0.40],
+                      "acc_seed0": [0.30, 0.50, 0.40], "acc_seed1": [0.31, 0.52, 0.41],
+                      "acc_seed2": [0.29, 0.49, 0.40], "measured_best": 4,
+                      "in_best_set": [False, True, False]})
+    assert fig1(t.assign(r_star=8))[1] == "rejected"
+    assert "regret of r*: +9.67" in fig1(t.assign(r_star=8))[0]
+    assert fig1(t.assign(r_star=4))[1] == "accepted"
+    assert fig1(t.assign(r_star=4, in_best_set=True))[1] == "unresolved"

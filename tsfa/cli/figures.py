@@ -21,8 +21,11 @@ def figures_cmd(
     quick: Annotated[bool, typer.Option(
         "--quick", help="Small runs (5 clients, 24 rounds).")] = False,
     size: Annotated[str | None, choice(
-        SIZES, "Run size: tiny (test suite), quick, full or paper (a GPU) (default: full, or "
-        "quick with --quick).")] = None,
+        SIZES, "Run size: tiny (test suite), quick, cpu (resolves on 2 cores in about an hour "
+        "with --jobs 2), full or paper (a GPU) (default: cpu, or quick with --quick).")] = None,
+    jobs: Annotated[int, typer.Option(
+        min=1, max=64, help="Runs trained at a time (worker processes; one thread each unless "
+        "--threads).")] = 1,
     only: Annotated[list[str] | None, choice(
         FIGURES, "Only this figure (repeatable).")] = None,
     store: Annotated[Path | None, typer.Option(
@@ -38,7 +41,7 @@ def figures_cmd(
     from tsfa.reporting.figures import make_all
     from tsfa.reporting.progress import progress_bar
 
-    size = size or ("quick" if quick else "full")
+    size = size or ("quick" if quick else "cpu")
     options = run_options(clients, device, precision, threads)
     names = only or list(FIGURES)
     try:
@@ -50,7 +53,7 @@ def figures_cmd(
                 update(len(done), f"{name} {seconds:.0f} s")
 
             timing = make_all(out, size, names, store, log=console.print, on_figure=advance,
-                              train=train, **options)
+                              train=train, jobs=jobs, **options)
     except (OSError, ValueError, SpecError) as exc:
         fail(str(exc))
     console.print(f"{len(timing)} figures in {out} ({sum(timing.values()):.0f} s)")
@@ -66,10 +69,11 @@ def script_main(name: str, argv=None) -> None:
 
     p = argparse.ArgumentParser(description=f"{name}: {FIGURES[name]} ({NOTE}).")
     p.add_argument("--out", default="figures", help="output directory (runs cached in OUT/runs)")
-    p.add_argument("--size", default="quick", choices=SIZES)
+    p.add_argument("--size", default="cpu", choices=SIZES)
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time")
     p.add_argument("--store", default=None, help="run cache directory (default OUT/runs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores)")
     a = p.parse_args(argv)
     set_threads(a.threads)
-    for path in make_figure(name, a.out, a.size, a.store, train=train):
+    for path in make_figure(name, a.out, a.size, a.store, train=train, jobs=a.jobs):
         print(path)

@@ -27,8 +27,9 @@ PRECISIONS = ("fp32", "bf16")
 #: Engines of ``tsfa train --engine``: in-process, Flower simulation (Ray), Flower deployment
 #: (real SuperLink and SuperNode processes on this machine).
 ENGINES = ("inprocess", "flower", "deployment")
-#: Run sizes of the figures and analyses (``tsfa figures --size``; paper: a GPU run).
-SIZES = ("tiny", "quick", "full", "paper")
+#: Run sizes of the figures and analyses (``tsfa figures --size``): cpu resolves the figures'
+#: claims on 2 CPU cores in about an hour (docs/figures.md); paper: a GPU run.
+SIZES = ("tiny", "quick", "cpu", "full", "paper")
 
 __all__ = ["TASKS", "METHODS", "CONTROLLERS", "SOLVERS", "POOLS", "DEVICES", "PRECISIONS",
            "ENGINES", "SIZES"]

@@ -69,6 +69,7 @@ class BaseRun:
     table: pd.DataFrame
     compute_s: np.ndarray
     budget_s: np.ndarray
+    calibrated: bool = False  # J(r) with the shipped horizon weights (else the default constants)
 
 
 def base_run(size: str = "quick", root: Path | None = None) -> BaseRun:
@@ -79,14 +80,24 @@ def base_run(size: str = "quick", root: Path | None = None) -> BaseRun:
 
     conf = analysis_config("base", size, root)
     changes = dict(conf.get("run", {}))
-    if conf.get("bound", {}).get("synthetic_spectrum", True):
+    bound = conf.get("bound", {})
+    if bound.get("synthetic_spectrum", True):
         changes |= {"bound.eps_model": "given", "bound.spectrum": synthetic_spectrum()}
+    cfg = RunConfig().replace(**changes)
+    cal = None
+    if bound.get("calibration", "none") == "shipped":  # tsfa run's own weights (docs/model.md §8b)
+        from tsfa.experiments.horizon import default_calibration
+
+        cal = default_calibration(cfg)
+        if cal is None:
+            raise ValueError(f"base run ({size}): bound.calibration = 'shipped', but the shipped "
+                             "calibration is not made for this task, method or model")
     try:
-        stage = plan_run(RunConfig().replace(**changes), rank="auto")
+        stage = plan_run(cfg, calibration=cal, rank="auto")
     except ValueError as exc:
         raise ValueError(f"base run ({size}): {exc}") from exc
     return BaseRun(stage.cfg, stage.rank, stage.system, stage.table, stage.inst.compute_s,
-                   stage.inst.budget_s)
+                   stage.inst.budget_s, cal is not None)
 
 
 def scaled_budget(base: BaseRun, factor: float) -> list[float]:

@@ -14,12 +14,13 @@ import pandas as pd
 
 from tsfa.config.registry import COMPRESSORS
 from tsfa.control.offline import affordable_rho
-from tsfa.experiments.cache import cached_train
+from tsfa.experiments.cache import cached_train, run_many
 from tsfa.experiments.runs import scaled_budget
 from tsfa.maths.instance import realize
 from tsfa.reporting.captions import NOTE
 from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
 from tsfa.experiments.results import LAST_ROUNDS as LAST
+from tsfa.experiments.paired import best_set
 from tsfa.experiments.results import final_accuracy
 
 
@@ -33,17 +34,48 @@ def _style(method: str) -> dict:
             "label": entry.label or entry.name}
 
 
-def _run(ctx, **changes):
+def _trainer(ctx):
     if ctx.train is None:
         raise ValueError(f"{ctx.name}: a training figure needs a trainer (make_figure(..., "
                          "train=tsfa.engines.local.train))")
-    return cached_train(ctx.base.cfg.replace(**changes), ctx.store, ctx.train, ctx.log,
-                        **ctx.options)
+    return ctx.train
+
+
+def _run(ctx, **changes):
+    run = cached_train(ctx.base.cfg.replace(**changes), ctx.store, _trainer(ctx), ctx.log,
+                       **ctx.options)
+    ctx.runs.add(run.path.name)  # the figure's provenance (its PNG and CSV carry the digest)
+    return run
 
 
 def _runs(ctx, **changes) -> list:
     """The run of ``changes`` at every seed of the size (``base.toml [seeds]``)."""
     return [_run(ctx, **changes, **{"experiment.seed": int(s)}) for s in ctx.seeds]
+
+
+def _prefetch(ctx, variants) -> None:
+    """Train the runs of every ``variants`` entry (dotted changes) at every seed that the cache
+    lacks, ``ctx.jobs`` at a time (:func:`tsfa.experiments.cache.run_many`); the figure then
+    reads them from the cache."""
+    import time
+
+    from tsfa.experiments.cache import lookup
+
+    cfgs = [ctx.base.cfg.replace(**v, **{"experiment.seed": int(s)})
+            for v in variants for s in ctx.seeds]
+    if ctx.jobs <= 1:
+        return
+    todo = sum(lookup(c, ctx.store, ctx.options.get("precision", "fp32")) is None for c in cfgs)
+    t0, done = time.perf_counter(), [0]
+
+    def progress(msg: str) -> None:  # one line per finished run, with an ETA
+        if msg.startswith("finished"):
+            done[0] += 1
+            el = time.perf_counter() - t0
+            ctx.log(f"{ctx.name}: {done[0]}/{todo} runs trained in {el:.0f} s, ETA "
+                    f"{el / done[0] * (todo - done[0]):.0f} s")
+
+    run_many(cfgs, ctx.store, _trainer(ctx), ctx.jobs, progress, **ctx.options)
 
 
 def _final(ctx, **changes) -> dict:
@@ -112,30 +144,48 @@ def fig1_rank(ctx):
     """J(r) with its terms (resolved system of the base run) and final accuracy vs r."""
     base = ctx.base
     table = base.table.copy()
-    acc = pd.DataFrame([{"rank": int(r), **_final(ctx, **{"experiment.rank": int(r)})}
-                        for r in ctx.conf["sweep"]["ranks"]])
+    ranks = [int(r) for r in ctx.conf["sweep"]["ranks"]]
+    _prefetch(ctx, [{"experiment.rank": r} for r in ranks])
+    acc = pd.DataFrame([{"rank": r, **_final(ctx, **{"experiment.rank": r})} for r in ranks])
     table = table.merge(acc, on="rank", how="left")
     table["r_star"] = base.rank
-    best = int(acc.loc[acc["final_accuracy"].idxmax(), "rank"])
-    table["measured_best"] = best
+    per_seed = acc.melt(id_vars="rank", value_vars=[f"acc_seed{s}" for s in ctx.seeds],
+                        var_name="seed", value_name="acc").rename(
+                            columns={"acc": "final_accuracy"})
+    top, members, _, _ = best_set(per_seed) if len(ctx.seeds) > 1 else (
+        int(acc.loc[acc["final_accuracy"].idxmax(), "rank"]), [], None, None)
+    members = sorted(int(r) for r in members) or [int(top)]
+    table["measured_best"] = int(top)
+    table["in_best_set"] = table["rank"].isin(members)
+    best = int(top)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH_IN, 4.0), sharex=True,
                                    constrained_layout=True)
-    for col, style, label in (("J", "k-o", "J(r)"), ("rank_term", "C0--", "rank  $c_5\\epsilon(r)$"),
-                              ("cov_term", "C1--", "covariance term (bound.cov_form)"),
-                              ("sparse_term", "C2--", "sparse  $\\Gamma\\phi(\\bar\\rho)$")):
+    labels = (("rank  $w_r\\epsilon(r)$", "covariance  $w_c r$",
+               "sparse  $w_s\\phi(\\bar\\rho)(r_0/r)^b$") if base.calibrated else
+              ("rank  $c_5\\epsilon(r)$", "covariance term (bound.cov_form)",
+               "sparse  $\\Gamma\\phi(\\bar\\rho)$"))
+    for col, style, label in (("J", "k-o", "J(r)"), *zip(("rank_term", "cov_term", "sparse_term"),
+                                                          ("C0--", "C1--", "C2--"), labels)):
         y = table[col].where(table[col] > 0)  # zero terms (eps = 0, rho = 1) off the log axis
         ax1.plot(table["rank"], y, style, lw=1, ms=3, label=label)
     ax1.axvline(base.rank, color="grey", lw=0.8, ls=":")
     ax1.set_yscale("log")
-    ax1.set_ylabel("bound term (dimensionless)")
     ax1.legend(fontsize=6)
-    _title(ax1, f"Offline objective, r* = {base.rank} (default constants)", ctx)
+    weights = ("shipped calibration, test error at T" if base.calibrated
+               else "default constants")
+    ax1.set_ylabel("bound term (test error)" if base.calibrated
+                   else "bound term (dimensionless)")
+    _title(ax1, f"Offline objective, r* = {base.rank} ({weights})", ctx)
     t = table.dropna(subset=["final_accuracy"])
     ax2.errorbar(t["rank"], t["final_accuracy"], yerr=t["final_accuracy_se"].fillna(0.0),
                  fmt="C0-o", lw=1, ms=3, capsize=2, label="SOFT + TSFA (mean $\\pm$ s.e.)")
     ax2.axvline(base.rank, color="C3", lw=1, ls="--", label=f"predicted r* = {base.rank}")
+    inb = t[t["rank"].isin(members)]
+    ax2.plot(inb["rank"], inb["final_accuracy"], "o", mfc="none", mec="k", ms=8,
+             label="measured best set {" + ", ".join(str(r) for r in members)
+             + "} (paired 95% t)")
     ax2.plot([best], [float(t.loc[t["rank"] == best, "final_accuracy"].iloc[0])], "k*", ms=8,
-             label=f"measured best = {best}")
+             label=f"highest mean = {best}")
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("LoRA rank $r$")
     ax2.set_ylabel(f"test accuracy (last {LAST} rounds)")
@@ -151,6 +201,8 @@ def fig2_covariance(ctx):
     panels = {"training.local_steps": ("$\\tau$", sw["local_steps"]),
               "clients.dirichlet_alpha": ("$\\alpha$", sw["dirichlet_alpha"]),
               "experiment.rank": ("$r$", sw["ranks"])}
+    _prefetch(ctx, [{"experiment.method": "ilora", key: v}
+                    for key, (_, values) in panels.items() for v in values])
     rows = []
     for key, (_, values) in panels.items():
         for v in values:
@@ -175,6 +227,7 @@ def fig2_covariance(ctx):
 
 def fig3_methods(ctx):
     """Test accuracy vs rounds for every method at r*, TSFA controller, the same budget."""
+    _prefetch(ctx, [{"experiment.method": m} for m in ctx.conf["sweep"]["methods"]])
     rows = []
     for m in ctx.conf["sweep"]["methods"]:
         rows.append(_seed_curves(ctx, ["accuracy", "mean_rho", "total_bits", "mean_latency_s",
@@ -195,6 +248,8 @@ def fig3_methods(ctx):
 def fig4_fixed_rho(ctx):
     """Final accuracy vs a fixed ratio rho (equal bandwidth), SOFT vs TLoRA vs RLoRA."""
     sw = ctx.conf["sweep"]
+    _prefetch(ctx, [{"experiment.method": m, "experiment.controller": "fixed",
+                     "experiment.rho": float(rho)} for m in sw["methods"] for rho in sw["rho"]])
     rows = []
     for m in sw["methods"]:
         for rho in sw["rho"]:
@@ -221,20 +276,23 @@ def fig6_budget(ctx):
     if r_alt == base.rank:  # a non-optimal rank: the nearest other candidate
         others = [r for r in base.table["rank"] if r != base.rank]
         r_alt = int(min(others, key=lambda r: abs(math.log(r / base.rank))))
-    rows = []
-    for f in sw["slack_factor"]:
-        budget = scaled_budget(base, float(f))
+    def variants(f: float) -> tuple[list, float, dict]:
+        budget = scaled_budget(base, f)
         spec = base.system.replace(**{"control.latency_budget_s": budget})
         inst = realize(spec)
         rho_bar = float(affordable_rho(spec, inst, base.rank) @ inst.weights)
-        variants = {
-            "TSFA": {"experiment.rank": base.rank},
-            "offline only": {"experiment.rank": base.rank, "experiment.controller": "fixed",
-                             "experiment.rho": rho_bar},
-            f"online only (r = {r_alt})": {"experiment.rank": r_alt},
-        }
-        for label, ch in variants.items():
-            ch = {**ch, "control.latency_budget_s": budget}
+        return budget, rho_bar, {
+            label: {**ch, "control.latency_budget_s": budget} for label, ch in (
+                ("TSFA", {"experiment.rank": base.rank}),
+                ("offline only", {"experiment.rank": base.rank, "experiment.controller": "fixed",
+                                  "experiment.rho": rho_bar}),
+                (f"online only (r = {r_alt})", {"experiment.rank": r_alt}))}
+
+    _prefetch(ctx, [ch for f in sw["slack_factor"] for ch in variants(float(f))[2].values()])
+    rows = []
+    for f in sw["slack_factor"]:
+        budget, rho_bar, chs = variants(float(f))
+        for label, ch in chs.items():
             # overshoot: time-averaged latency over the budget, worst client, mean over seeds
             over = [float((r.clients.groupby("client")["latency_s"].mean().to_numpy()
                            / np.asarray(budget)).max() - 1.0) for r in _runs(ctx, **ch)]
@@ -264,6 +322,7 @@ def fig6_budget(ctx):
 
 def fig8_zeta(ctx):
     """SOFT with several zeta (0 = ablation): test accuracy and R(B, A) of the global factors."""
+    _prefetch(ctx, [{"soft.zeta": float(z)} for z in ctx.conf["sweep"]["zeta"]])
     rows = []
     for z in ctx.conf["sweep"]["zeta"]:
         rows.append(_seed_curves(ctx, ["accuracy", "orth_defect", "kendall_tau"],

@@ -281,6 +281,8 @@ def main(argv=None) -> None:
     p.add_argument("--specs", type=int, default=None,
                    help="train the first N specs only (the others: predictions and cached runs)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the cache")
+    p.add_argument("--only", action="append", default=None, metavar="SPEC",
+                   help="train this spec only (repeatable, in the order given); no report")
     a = p.parse_args(argv)
     from tsfa.experiments.runs import analysis_config
     from tsfa.fl.device import set_threads
@@ -297,6 +299,12 @@ def main(argv=None) -> None:
     stage = dataclasses.replace(stage, cfg=stage.cfg.replace(**run))
     plain = plain.replace(**run)
     specs = [{"name": "main job"}, *conf.get("heldout", [])]
+    if a.only:  # train the named specs, in that order, and nothing else (then --report-only)
+        by_name = {s["name"]: s for s in specs}
+        unknown = [n for n in a.only if n not in by_name]
+        if unknown:
+            raise SystemExit(f"--only: no spec {unknown[0]!r}; one of {', '.join(by_name)}")
+        specs = [by_name[n] for n in a.only]
     rows, accs, tables = [], [], []
     for i, spec in enumerate(specs):
         ch = spec_changes(stage, spec)
@@ -309,7 +317,7 @@ def main(argv=None) -> None:
         log(f"{spec['name']}: r* = {pred['tsfa']} (default {pred['default_weights']}, fits at "
             f"rho = 1 {pred['largest_fit_rho1']})")
         # specs past --specs: predictions and whatever runs the cache holds, nothing trained
-        only_cached = a.report_only or (a.specs is not None and i >= a.specs)
+        only_cached = a.report_only or (a.specs is not None and i >= a.specs and not a.only)
         # a spec may ask for more seeds at the main size (its gaps are small): the extra seeds
         # go to the contenders only (the sequential design of run_rows)
         seeds = spec.get("seeds", m["seeds"]) if a.size == "main" else m["seeds"]
@@ -322,6 +330,9 @@ def main(argv=None) -> None:
                              (m["candidates"], seeds, m.get("first_seeds"), ladder)))
         pd.DataFrame(rows).to_csv(store / "validation_rank_specs.csv", index=False)
         pd.concat(accs).to_csv(store / "validation_rank_runs.csv", index=False)
+    if a.only:
+        log(f"trained {', '.join(a.only)}; render the report with --report-only")
+        return
     import validation_report as report
 
     out = Path(a.out)

@@ -243,6 +243,13 @@ def test_png_carries_its_csv_and_runs(figdir, tmp_path):
     assert again["tsfa-runs"] == png_provenance(figdir / "fig4_fixed_rho.png")["tsfa-runs"]
     assert (tmp_path / "fig4_fixed_rho.csv").read_bytes() == (
         figdir / "fig4_fixed_rho.csv").read_bytes()
+    d = pd.read_csv(tmp_path / "fig4_fixed_rho.csv")
+    seeds = analysis_config("base", "tiny")["seeds"]["seeds"]
+    assert {"method", "rho", "components_sent", "final_accuracy", "final_accuracy_se", "seeds",
+            "mean_bits", *(f"acc_seed{s}" for s in seeds)} <= set(d.columns)
+    for _, g in d.groupby("method"):  # more of the update on the air as rho grows
+        g = g.sort_values("rho")
+        assert np.all(np.diff(g["components_sent"]) >= 0) and np.all(np.diff(g["mean_bits"]) > 0)
 
 
 def test_shipped_figures_match_their_csvs():
@@ -277,3 +284,16 @@ def test_verdicts_read_every_csv_and_can_reject(figdir):
     assert "regret of r*: +9.67" in fig1(t.assign(r_star=8))[0]
     assert fig1(t.assign(r_star=4))[1] == "accepted"
     assert fig1(t.assign(r_star=4, in_best_set=True))[1] == "unresolved"
+
+
+def test_figures_doc_carries_the_shipped_verdicts():
+    """docs/figures.md's checklist is the verdict table of the shipped CSVs, to the character."""
+    from pathlib import Path
+
+    from tsfa.reporting.figures.verdicts import verdict_table
+
+    root = Path(__file__).resolve().parents[1] / "docs"
+    text = (root / "figures.md").read_text()
+    block = text.split("<!-- verdicts -->\n")[1].split("<!-- /verdicts -->")[0]
+    assert block == verdict_table(root / "figures")
+    assert "code path only" not in block

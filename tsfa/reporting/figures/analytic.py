@@ -33,7 +33,9 @@ def fig5_control_v(ctx):
     ax1.legend(fontsize=6, ncol=2)
     ax2.set_ylabel("mean queue $Q_k$ [s]")
     ax2.set_xlabel("round $t$")
-    ax1.set_title(f"Controller, ViT-Base spec, r = {summary['rank'].iloc[0]}\n{NOTE}", fontsize=6)
+    ax1.set_title(f"Controller, ViT-Base spec, r = {summary['rank'].iloc[0]}, "
+                  f"{int(conf['rounds'])} rounds\n{NOTE}\nsize {ctx.size}: one fading draw "
+                  f"(seed {spec.clients.seed}), no training, no bands", fontsize=6)
     traces = traces.merge(summary, on="V", how="left")
     return traces, fig
 
@@ -99,5 +101,7 @@ def fig7_client_compute(ctx):
     ax.set_xlabel("LoRA rank $r$")
     ax.set_ylabel("compression time / round [s]")
     ax.legend(fontsize=5.5)
-    ax.set_title(f"Client compression, rho = {conf['rho']:g} (measured, CPU)\n{NOTE}", fontsize=6)
+    ax.set_title(f"Client compression, rho = {conf['rho']:g} (measured, CPU)\n{NOTE}\nsize "
+                 f"{ctx.size}: median of {int(conf['repeats'])} call(s) after a warm-up, "
+                 "no bands", fontsize=6)
     return df, fig

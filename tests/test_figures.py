@@ -275,7 +275,7 @@ def test_verdicts_read_every_csv_and_can_reject(figdir):
     v = verdicts(figdir)
     assert list(v["figure"]) == list(FIGURES)
     assert set(v["verdict"]) <= {"accepted", "rejected", "unresolved", "partly rejected", "mixed"}
-    assert (figdir / "verdicts.md").read_text().count("| fig") == len(FIGURES)
+    assert (figdir / "verdicts.md").read_text().count("\n| fig") == len(FIGURES)
     t = pd.DataFrame({"rank": [2, 4, 8], "final_accuracy": [0.30, 0.50, 0.40],
                       "acc_seed0": [0.30, 0.50, 0.40], "acc_seed1": [0.31, 0.52, 0.41],
                       "acc_seed2": [0.29, 0.49, 0.40], "measured_best": 4,

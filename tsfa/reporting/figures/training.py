@@ -189,7 +189,7 @@ def fig1_rank(ctx):
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("LoRA rank $r$")
     ax2.set_ylabel(f"test accuracy (last {LAST} rounds)")
-    ax2.legend(fontsize=6)
+    ax2.legend(fontsize=6, loc="lower right")
     return table, fig
 
 

@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-
 from tsfa.reporting.captions import NOTE
+
 RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7, "legend.fontsize": 6,
       "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.markersize": 3}
 

@@ -15,14 +15,13 @@ import pandas as pd
 from tsfa.config.registry import COMPRESSORS
 from tsfa.control.offline import affordable_rho
 from tsfa.experiments.cache import cached_train, run_many
+from tsfa.experiments.paired import best_set
+from tsfa.experiments.results import LAST_ROUNDS as LAST
+from tsfa.experiments.results import final_accuracy
 from tsfa.experiments.runs import scaled_budget
 from tsfa.maths.instance import realize
 from tsfa.reporting.captions import NOTE
 from tsfa.reporting.plots import COLUMN_WIDTH_IN, plt
-from tsfa.experiments.results import LAST_ROUNDS as LAST
-from tsfa.experiments.paired import best_set
-from tsfa.experiments.results import final_accuracy
-
 
 COLORS = {"soft": "C0", "tlora": "C1", "rlora": "C2", "slora": "C3", "ilora": "k"}
 
@@ -165,7 +164,7 @@ def fig1_rank(ctx):
               ("rank  $c_5\\epsilon(r)$", "covariance term (bound.cov_form)",
                "sparse  $\\Gamma\\phi(\\bar\\rho)$"))
     for col, style, label in (("J", "k-o", "J(r)"), *zip(("rank_term", "cov_term", "sparse_term"),
-                                                          ("C0--", "C1--", "C2--"), labels)):
+                                                          ("C0--", "C1--", "C2--"), labels, strict=True)):
         y = table[col].where(table[col] > 0)  # zero terms (eps = 0, rho = 1) off the log axis
         ax1.plot(table["rank"], y, style, lw=1, ms=3, label=label)
     ax1.axvline(base.rank, color="grey", lw=0.8, ls=":")

@@ -58,13 +58,15 @@ def _prefetch(ctx, variants) -> None:
     reads them from the cache."""
     import time
 
-    from tsfa.experiments.cache import lookup
+    from tsfa.experiments.cache import canonical, config_hash, lookup
 
-    cfgs = [ctx.base.cfg.replace(**v, **{"experiment.seed": int(s)})
-            for v in variants for s in ctx.seeds]
     if ctx.jobs <= 1:
         return
-    todo = sum(lookup(c, ctx.store, ctx.options.get("precision", "fp32")) is None for c in cfgs)
+    precision = ctx.options.get("precision", "fp32")
+    cfgs = list({config_hash(canonical(c), precision): c for c in (  # a run once (shared panels)
+        ctx.base.cfg.replace(**v, **{"experiment.seed": int(s)})
+        for v in variants for s in ctx.seeds)}.values())
+    todo = sum(lookup(c, ctx.store, precision) is None for c in cfgs)
     t0, done = time.perf_counter(), [0]
 
     def progress(msg: str) -> None:  # one line per finished run, with an ETA

@@ -24,8 +24,8 @@ def figures_cmd(
         SIZES, "Run size: tiny (test suite), quick, cpu (resolves on 2 cores in about an hour "
         "with --jobs 2), full or paper (a GPU) (default: cpu, or quick with --quick).")] = None,
     jobs: Annotated[int, typer.Option(
-        min=1, max=64, help="Runs trained at a time (worker processes; one thread each unless "
-        "--threads).")] = 1,
+        min=1, max=64, help="Runs trained at a time (worker processes, each with cores / N torch "
+        "threads; --threads sets this process's own).")] = 1,
     only: Annotated[list[str] | None, choice(
         FIGURES, "Only this figure (repeatable).")] = None,
     store: Annotated[Path | None, typer.Option(

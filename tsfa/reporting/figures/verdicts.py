@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tsfa.experiments.paired import t_interval
-from tsfa.experiments.results import LAST_ROUNDS
+from tsfa.experiments.results import final_accuracy
 
 #: "Without hurting accuracy": the paired lower bound above minus this (accuracy, 1 point).
 NONINFERIORITY = 0.01
@@ -55,9 +55,10 @@ def _seed_cols(df: pd.DataFrame) -> list[str]:
 
 
 def _final_by_seed(df: pd.DataFrame, group: str, column: str = "accuracy") -> pd.DataFrame:
-    """Seed x ``group`` table of the mean of ``column`` over each run's last rounds."""
-    last = df.sort_values("round").groupby([group, "seed"]).tail(LAST_ROUNDS)
-    return last.groupby(["seed", group])[column].mean().unstack(group)
+    """Seed x ``group`` table of each run's final ``column``
+    (:func:`tsfa.experiments.results.final_accuracy`, the one definition)."""
+    return pd.Series({(s, g): final_accuracy(r, column=column)
+                      for (g, s), r in df.groupby([group, "seed"])}).unstack()
 
 
 def fig1(df: pd.DataFrame) -> tuple[str, str]:

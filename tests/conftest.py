@@ -1,4 +1,8 @@
-"""Shared test settings: a deterministic, deadline-free hypothesis profile (fast by default)."""
+"""Shared test settings: a deterministic, deadline-free hypothesis profile (fast by default), one
+torch thread per pytest-xdist worker, and the session's cache of `tiny` figure runs."""
+
+import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -6,6 +10,16 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("tsfa", deadline=None, derandomize=True, max_examples=50,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tsfa")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n 2``) each worker runs torch, OpenMP and the scripts it
+    starts on one thread, so two workers fill two cores instead of oversubscribing them (torch's
+    default of one thread per core would give each worker every core). A value the user set wins."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        if "torch" in sys.modules:  # pragma: no cover - a plugin imported it first
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
@@ -18,3 +32,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """One run cache for the whole session's `tiny` figure runs: tests/test_figures.py trains them
+    once and the figure scripts' smokes in tests/test_scripts.py reuse them (runs are keyed by
+    their configuration, so a shared cache cannot hand one test another's run)."""
+    return tmp_path_factory.mktemp("tiny_runs")

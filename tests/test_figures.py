@@ -8,6 +8,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from test_scripts import SMOKE, run_script, smoke_params  # tests/ is on sys.path (rootdir conftest)
 
 from tsfa.config.experiment import load_run_config
 from tsfa.engines.local import train
@@ -19,13 +20,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
-def figdir(tmp_path_factory):
+def figdir(tmp_path_factory, tiny_store):
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("figures")
-    make_all(out, "tiny", log=lambda *a: None, train=train)
+    make_all(out, "tiny", store=tiny_store, log=lambda *a: None, train=train)
     torch.set_num_threads(before)
     return out
 
@@ -125,11 +126,11 @@ def test_fig8_orthogonality_defect_nonnegative(figdir):
     assert np.all(d["orth_defect"] >= 0) and 0.0 in set(d["zeta"])
 
 
-def test_runs_are_cached_and_keyed_by_config(figdir):
+def test_runs_are_cached_and_keyed_by_config(figdir, tiny_store):
     logs = []
-    make_figure("fig3_methods", figdir, "tiny", log=logs.append, train=train)
+    make_figure("fig3_methods", figdir, "tiny", store=tiny_store, log=logs.append, train=train)
     assert not [m for m in logs if m.startswith("train")]  # nothing retrained
-    runs = sorted((figdir / "runs").iterdir())
+    runs = sorted(tiny_store.iterdir())
     assert runs and all(p.name == p.name.lower() and len(p.name) == 12 for p in runs)
     for p in runs:
         cfg = load_run_config(p / "config.toml")
@@ -224,7 +225,7 @@ def test_fig1_marks_r_star_and_the_measured_best_set(figdir):
     assert t["r_star"].nunique() == 1
 
 
-def test_png_carries_its_csv_and_runs(figdir, tmp_path):
+def test_png_carries_its_csv_and_runs(figdir, tiny_store, tmp_path):
     """Each PNG holds the SHA-256 of the CSV written beside it and the digest of its runs;
     regenerating a figure from the cache (two jobs: nothing left to train) gives the same runs
     and the same CSV."""
@@ -236,7 +237,7 @@ def test_png_carries_its_csv_and_runs(figdir, tmp_path):
             (figdir / f"{name}.csv").read_bytes()).hexdigest(), name
         assert (meta["tsfa-runs"] == "") == (name in ("fig5_control_v", "fig7_client_compute"))
     logs = []
-    make_figure("fig4_fixed_rho", tmp_path, "tiny", store=figdir / "runs", log=logs.append,
+    make_figure("fig4_fixed_rho", tmp_path, "tiny", store=tiny_store, log=logs.append,
                 train=train, jobs=2)
     assert not [m for m in logs if "runs trained" in m or m.startswith("train")]
     again = png_provenance(tmp_path / "fig4_fixed_rho.png")
@@ -297,3 +298,12 @@ def test_figures_doc_carries_the_shipped_verdicts():
     block = text.split("<!-- verdicts -->\n")[1].split("<!-- /verdicts -->")[0]
     assert block == verdict_table(root / "figures")
     assert "code path only" not in block
+
+
+@pytest.mark.parametrize("script", smoke_params(stored=True))
+def test_figure_script_smoke(script, figdir, tiny_store, tmp_path):
+    """The scripts of analysis/ that read the run cache (the eight figure scripts and
+    validate_bound.py; registered in tests/test_scripts.py ``SMOKE``) end to end at size tiny, as
+    subprocesses, on the cache this module's figures filled."""
+    entry = SMOKE[script]
+    entry.check(run_script(script, entry.args, tmp_path, tiny_store))

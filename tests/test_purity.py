@@ -33,18 +33,11 @@ def test_maths_layer_is_light(heavy):
     _assert_not_imported(maths, heavy)
 
 
-def test_import_tsfa_maths_bound_is_fast():
-    """``import tsfa.maths.bound`` in a fresh interpreter well under a second (issue: ~3 s before)."""
-    code = "import time; t = time.perf_counter(); import tsfa.maths.bound; print(time.perf_counter() - t)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert float(out.stdout) < 1.0, out.stdout
-
-
 @pytest.mark.parametrize("heavy", ["cvxpy", "pandas", "torch"])
 def test_import_tsfa_maths_bound_is_light(heavy):
     """``python -c "import tsfa.maths.bound"`` alone in a fresh interpreter imports neither
-    cvxpy, pandas nor torch."""
+    cvxpy, pandas nor torch (they made the import take ~3 s; its time itself is not asserted
+    here: timings live in benchmarks/, never in unit tests)."""
     _assert_not_imported(["tsfa.maths.bound"], heavy)
 
 

@@ -3,7 +3,8 @@ that rot). Each is run as a subprocess, as its docstring or README documents it,
 small-size options (``--smoke``, ``--size tiny`` / ``smoke``, few repeats), writing only into
 pytest's temporary folder; the test checks the exit code and one property of what it printed or
 wrote. ``test_every_script_has_a_smoke_run`` fails naming any script added without an entry in
-``SMOKE``."""
+``SMOKE``. The smokes that read the shared run cache (``{store}``: the figure scripts and
+validate_bound.py) run in tests/test_figures.py, after its figures have filled that cache."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Smoke:
-    args: tuple[str, ...]  # "{tmp}": the test's folder; "{store}": the run cache shared by the figures
+    args: tuple[str, ...]  # "{tmp}": the test's folder; "{store}": the session's tiny run cache
     check: object  # callable(Run)
     slow: bool = False  # over ~20 s on 2 shared cores
     needs: tuple[str, ...] = field(default=())  # optional packages (importorskip)
@@ -195,13 +196,9 @@ SMOKE: dict[str, Smoke] = {
 }
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """One run cache for the figure scripts and validate_bound.py (runs made once are reused)."""
-    return tmp_path_factory.mktemp("runs")
-
-
-def run_script(script: str, args, tmp: Path, store: Path) -> Run:
+def run_script(script: str, args, tmp: Path, store: Path | None = None) -> Run:
+    """Run ``script`` with ``args`` (``{tmp}``, ``{store}`` filled in) as a subprocess on one
+    thread; assert it exited 0."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
@@ -213,14 +210,24 @@ def run_script(script: str, args, tmp: Path, store: Path) -> Run:
     return Run(proc, tmp)
 
 
-@pytest.mark.parametrize("script", [pytest.param(s, marks=[pytest.mark.slow] if e.slow else [],
-                                                 id=Path(s).stem)
-                                    for s, e in SMOKE.items()])
-def test_script_smoke(script, tmp_path, store):
+def uses_store(entry: Smoke) -> bool:
+    """Whether a smoke reads the shared run cache: those run in tests/test_figures.py
+    (``test_figure_script_smoke``), after its figures have filled the cache, so that under
+    pytest-xdist ``--dist loadfile`` they share one worker with it and retrain nothing."""
+    return any("{store}" in a for a in entry.args)
+
+
+def smoke_params(stored: bool) -> list:
+    return [pytest.param(s, marks=[pytest.mark.slow] if e.slow else [], id=Path(s).stem)
+            for s, e in SMOKE.items() if uses_store(e) == stored]
+
+
+@pytest.mark.parametrize("script", smoke_params(stored=False))
+def test_script_smoke(script, tmp_path):
     entry = SMOKE[script]
     for module in entry.needs:
         pytest.importorskip(module)
-    entry.check(run_script(script, entry.args, tmp_path, store))
+    entry.check(run_script(script, entry.args, tmp_path))
 
 
 def _has_main(path: Path) -> bool:

@@ -1,6 +1,5 @@
 """The exact factored SVD compressor (tsfa.fl.compress.lowrank, docs/model.md §6)."""
 
-import time
 
 import numpy as np
 import pytest
@@ -57,8 +56,10 @@ def test_factored_svd_matches_dense():
     torch.testing.assert_close(U.T @ U, torch.eye(7, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
-def test_svd_at_4096_is_fast_and_never_forms_a_d_by_d_tensor():
-    torch.set_num_threads(1)
+def test_svd_at_4096_never_forms_a_d_by_d_tensor(one_thread):
+    """At d = 4,096 the exact SVD compressor works on factors only: no tensor larger than a few
+    d x r blocks (its speed against SOFT and the dense SVD: benchmarks/bench_soft_selection.py,
+    not a timed unit test)."""
     d, r = 4096, 8
     gen = torch.Generator().manual_seed(2)
     params = [(torch.randn(d, r, generator=gen, dtype=torch.float64),
@@ -69,11 +70,8 @@ def test_svd_at_4096_is_fast_and_never_forms_a_d_by_d_tensor():
     state = c.init(params)
     c.update(deltas, state, params, 0.25, np.random.default_rng(0))  # warm-up
     with LargestTensor() as seen:
-        t0 = time.perf_counter()
         up, state = c.update(deltas, state, params, 0.25, np.random.default_rng(0))
-        elapsed = time.perf_counter() - t0
     assert seen.largest <= 8 * d * r  # [B, dB, memory] stacks at most a few d x r blocks
-    assert elapsed < 0.5, elapsed
     assert up.modules[0].B_values.shape == (d, 2) and state[0][0].shape == (d, 2 * r)
 
 

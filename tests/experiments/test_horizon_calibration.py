@@ -122,6 +122,7 @@ def test_rank_cli_moves_r_star_as_the_weights_say(tmp_path):
     assert got["costly"] < got["free"]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # phi of a never-uploading client stays finite
 def test_rank_exponent_moves_r_star_up_as_the_weights_say(tmp_path):
     """A count form (b = 2 under inv_sq) charges a large rank less for the same ratio than the
     ratio form (b = 0): r* never falls, and each is the argmin of J computed here."""

@@ -208,7 +208,10 @@ def client_terms(spec: SystemSpec, inst: SystemInstance, ranks, rate=None,
     plan = _plan(spec, inst, rate, float(np.max(slope)))
     rho = np.clip(np.minimum(plan.budget_bits, plan.cap_bits) / slope, 1.0 / ranks[:, None], 1.0)
     pi = np.ones(1) if plan.kappa is None else _pi(plan, slope, rho)
-    eff = np.maximum(rho * pi, 1e-300)
+    # pi = 0 (a client that never meets its deadline) would make phi infinite; the floor keeps
+    # phi finite and huge for every form (inv_sq squares it: 1e-300 underflowed to a division
+    # by zero), so J(r) stays comparable across ranks instead of turning to inf - inf = nan.
+    eff = np.maximum(rho * pi, 1e-100)
     # m_k(r) >= 1 for every client  <=>  min_k budget_bits_k >= S_1(r)
     feasible = (np.min(plan.budget_bits) >= slope[:, 0] / ranks) & bool(
         np.all(inst.budget_s > inst.compute_s))

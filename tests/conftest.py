@@ -18,8 +18,9 @@ def pytest_configure(config):
     default of one thread per core would give each worker every core). A value the user set wins."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        if "torch" in sys.modules:  # pragma: no cover - a plugin imported it first
-            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        threads = os.environ["OMP_NUM_THREADS"].split(",")[0]
+        if "torch" in sys.modules and threads.isdigit():  # pragma: no cover - a plugin imported it
+            sys.modules["torch"].set_num_threads(max(1, int(threads)))
 
 
 @pytest.fixture
@@ -36,7 +37,8 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
-    """One run cache for the whole session's `tiny` figure runs: tests/test_figures.py trains them
-    once and the figure scripts' smokes in tests/test_scripts.py reuse them (runs are keyed by
-    their configuration, so a shared cache cannot hand one test another's run)."""
+    """One run cache for the `tiny` figure runs: tests/test_figures.py trains them once and the
+    smokes of the scripts that read the cache (run from that file) reuse them. Under
+    pytest-xdist it is one cache per worker (``--dist loadfile`` keeps that file on one); runs
+    are keyed by their configuration, so a shared cache cannot hand one test another's run."""
     return tmp_path_factory.mktemp("tiny_runs")

@@ -1,6 +1,8 @@
 """A non-editable install works on its own: ``pip install .`` into a fresh virtual environment
 (reusing the installed dependencies), then ``tsfa figures --size tiny`` from a folder outside
-the checkout. The package reads no file of the checkout (configs ship with it).
+the checkout. The package reads no file of the checkout (configs ship with it). pip builds a
+copy of what the build reads (pyproject.toml, README.md, tsfa/) in the test's folder, so its
+build/ and tsfa.egg-info never appear in the checkout while other tests (pytest-xdist) run.
 
 Two figures stand for all eight here (one analytic, one trained from the packaged base run and
 its figure config): every figure reads its config the same way, and all eight are drawn at the
@@ -9,6 +11,7 @@ tiny size in-process by tests/test_figures.py; drawing them again here would dou
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +30,11 @@ def test_pip_install_dot_then_tsfa_figures_tiny(tmp_path):
     py, exe = venv / "bin" / "python", venv / "bin" / "tsfa"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["MPLBACKEND"] = "Agg"
-    subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-deps", str(ROOT)], check=True,
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "tsfa", src / "tsfa", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-deps", str(src)], check=True,
                    env=env, cwd=tmp_path)
     where = subprocess.run([py, "-c", "import tsfa; print(tsfa.__file__)"], check=True, env=env,
                            cwd=tmp_path, capture_output=True, text=True).stdout.strip()

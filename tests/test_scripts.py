@@ -224,10 +224,17 @@ def smoke_params(stored: bool) -> list:
 
 @pytest.mark.parametrize("script", smoke_params(stored=False))
 def test_script_smoke(script, tmp_path):
+    run_smoke(script, tmp_path)
+
+
+def run_smoke(script: str, tmp: Path, store: Path | None = None) -> Run:
+    """``SMOKE[script]``: skipped without its optional packages, run, checked; the run returned."""
     entry = SMOKE[script]
     for module in entry.needs:
         pytest.importorskip(module)
-    entry.check(run_script(script, entry.args, tmp_path))
+    run = run_script(script, entry.args, tmp, store)
+    entry.check(run)
+    return run
 
 
 def _has_main(path: Path) -> bool:

@@ -167,7 +167,7 @@ def fig7(df: pd.DataFrame) -> tuple[str, str]:
     piv = df.pivot_table(index=["model", "rank"], columns="method", values="seconds_median")
     ratio = piv["soft"] / piv["slora"]
     text = "; ".join(f"{m} r={r}: SOFT / SLoRA = {x:.2g}" for (m, r), x in ratio.items())
-    return text + " (median wall times on a shared CPU)", (
+    return text + " (median wall times of the run that drew the figure)", (
         "accepted" if (ratio < 1).all() else "rejected" if (ratio > 1).all() else "mixed")
 
 

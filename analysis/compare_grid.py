@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tsfa.config.experiment import RunConfig
 from tsfa.config.registry import COMPRESSORS
-from tsfa.experiments.cache import CHECKPOINT, canonical, config_hash
+from tsfa.experiments.cache import CHECKPOINT, canonical, run_path
 
 FIXED_RHO = 0.125
 READINGS = {
@@ -131,10 +131,6 @@ def canonical_run(cfg: RunConfig) -> RunConfig:
         changes.update({"experiment.upload": "update", "experiment.error_feedback": "all",
                         "experiment.factor_fill": "global"})
     return canonical(cfg.replace(**changes) if changes else cfg)
-
-
-def run_path(cfg: RunConfig, store: Path) -> Path:
-    return Path(store) / config_hash(canonical(cfg))
 
 
 def finished(cfg: RunConfig, store: Path) -> bool:

@@ -124,6 +124,12 @@ def resume_config(cfg: RunConfig, path: Path) -> RunConfig:
     return own if training_key(own) == training_key(cfg) else cfg
 
 
+def run_path(cfg: RunConfig, store: str | Path, precision: str = "fp32") -> Path:
+    """The folder of ``cfg``'s run in ``store``: ``store/<config_hash>`` (the one place the key
+    is formed; every reader and writer of the cache goes through it)."""
+    return Path(store) / config_hash(canonical(cfg), precision)
+
+
 def _read(path: Path, reused: bool, keep_checkpoint: bool) -> CachedRun:
     if not keep_checkpoint:
         (path / CHECKPOINT).unlink(missing_ok=True)
@@ -142,7 +148,7 @@ def cached_train(cfg: RunConfig, store: str | Path, train, log=None,
     :func:`tsfa.engines.local.train`.
     """
     cfg = canonical(cfg)
-    path = Path(store) / config_hash(cfg, options.get("precision", "fp32"))
+    path = run_path(cfg, store, options.get("precision", "fp32"))
     reused = _done(path, cfg, keep_checkpoint)
     if not reused:
         if log:
@@ -155,7 +161,7 @@ def cached_train(cfg: RunConfig, store: str | Path, train, log=None,
 def lookup(cfg: RunConfig, store: str | Path, precision: str = "fp32") -> CachedRun | None:
     """The finished run of ``cfg`` in ``store``, or None (nothing is trained)."""
     cfg = canonical(cfg)
-    path = Path(store) / config_hash(cfg, precision)
+    path = run_path(cfg, store, precision)
     return _read(path, True, True) if _done(path, cfg) else None
 
 
@@ -167,7 +173,7 @@ def run_many(cfgs: list[RunConfig], store: str | Path, train, jobs: int = 1, log
     from tsfa.fl.device import default_threads
 
     precision = options.get("precision", "fp32")
-    paths = [Path(store) / config_hash(canonical(c), precision) for c in cfgs]
+    paths = [run_path(c, store, precision) for c in cfgs]
     todo = {p: canonical(c) for c, p in zip(cfgs, paths, strict=True) if not _done(p, c)}
     if todo and jobs > 1:
         threads = default_threads(jobs)
@@ -199,5 +205,5 @@ def rehash_store(store: str | Path) -> list[tuple[str, str]]:
 
 
 __all__ = ["canonical", "NOT_TRAINED", "training_key", "config_hash", "CachedRun", "cached_train",
-           "lookup", "run_many", "resume_config",
+           "lookup", "run_many", "run_path", "resume_config",
            "rehash_store", "CONTROLLER_REVISION"]

@@ -58,12 +58,12 @@ def _prefetch(ctx, variants) -> None:
     reads them from the cache."""
     import time
 
-    from tsfa.experiments.cache import canonical, config_hash, lookup
+    from tsfa.experiments.cache import lookup, run_path
 
     if ctx.jobs <= 1:
         return
     precision = ctx.options.get("precision", "fp32")
-    cfgs = list({config_hash(canonical(c), precision): c for c in (  # a run once (shared panels)
+    cfgs = list({run_path(c, ctx.store, precision): c for c in (  # a run once (shared panels)
         ctx.base.cfg.replace(**v, **{"experiment.seed": int(s)})
         for v in variants for s in ctx.seeds)}.values())
     todo = sum(lookup(c, ctx.store, precision) is None for c in cfgs)

@@ -206,13 +206,17 @@ def verdicts(folder: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cell(x) -> str:
+    """``x`` as the text of a Markdown table cell (a pipe would end the cell)."""
+    return str(x).replace("|", "\\|")
+
+
 def verdict_table(folder: str | Path) -> str:
     """:func:`verdicts` as a markdown table."""
     v = verdicts(folder)
     lines = ["| figure | claim | numbers (paired 95% t over seeds) | verdict |",
              "| --- | --- | --- | --- |"]
-    cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731  (a pipe ends a cell)
-    lines += [f"| {r.figure} | {cell(r.claim)} | {cell(r.numbers)} | **{r.verdict}** |"
+    lines += [f"| {r.figure} | {_cell(r.claim)} | {_cell(r.numbers)} | **{r.verdict}** |"
               for r in v.itertuples()]
     return "\n".join(lines) + "\n"
 
